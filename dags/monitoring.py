@@ -1,0 +1,73 @@
+"""
+### Loopline monitoring
+
+Daily, one run per data interval; the feedback edge of the loop.
+
+1. **wait_for_scoring** (a sensor in reschedule mode, bounded by its timeout) waits until
+   the day's batch scoring is recorded in the monitoring store.
+2. **check_day** computes the PSI of every numerical feature against the reference profile
+   of the model version that scored the day, and log loss and ROC AUC over the trailing
+   window of predictions whose labels have arrived; it stores them and checks the
+   threshold rules of the config. A rule that fires is logged as an alert and stored.
+3. **request_retrain** goes on only when a fired rule asks for a retrain and no retrain
+   was requested within the cooldown; it records the request.
+4. **trigger_training** starts `loopline_training` with the reason and the window in its
+   conf. The run id is fixed per data day, so a retry never starts a second run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import dag, task
+from loopline_airflow import DEFAULT_ARGS, ScoringBatchSensor, config, interval_day
+
+
+@dag(
+    dag_id="loopline_monitoring",
+    schedule="@daily",
+    start_date=dt.datetime(2013, 1, 1, tzinfo=dt.timezone.utc),
+    end_date=dt.datetime(2013, 12, 31, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["loopline", "monitoring"],
+    doc_md=__doc__,
+    render_template_as_native_obj=True,
+)
+def loopline_monitoring():
+    wait_for_scoring = ScoringBatchSensor(task_id="wait_for_scoring", timeout=2 * 3600)
+
+    @task
+    def check_day(**context) -> dict:
+        from loopline.monitoring import checks
+
+        return checks.run_checks(config(), interval_day(context))
+
+    @task.short_circuit
+    def request_retrain(summary: dict, **context) -> dict | None:
+        from loopline.monitoring import checks, store
+
+        retrain = summary.get("retrain")
+        if not retrain or not retrain.get("due"):
+            return None
+        day = interval_day(context)
+        run_id = checks.request_id_for(day)
+        store.record_retrain_request(store.get_engine(), day, retrain["rules"], retrain["reason"], run_id)
+        return {"reason": retrain["reason"], "rules": retrain["rules"], "window_end": retrain["window_end"], "incident": run_id}
+
+    trigger_training = TriggerDagRunOperator(
+        task_id="trigger_training",
+        trigger_dag_id="loopline_training",
+        trigger_run_id="retrain__{{ ds }}",
+        conf="{{ ti.xcom_pull(task_ids='request_retrain') }}",
+        skip_when_already_exists=True,
+    )
+
+    summary = check_day()
+    wait_for_scoring >> summary
+    request_retrain(summary) >> trigger_training
+
+
+loopline_monitoring()

@@ -1,0 +1,115 @@
+"""
+### Loopline training
+
+Runs on every `loopline_flight_features` asset event, on demand from the trigger form,
+and when monitoring asks for a retrain (with the reason in the run's conf).
+
+1. **plan_window** picks the time-ordered training window: the days before the newest
+   partition (asset events), the form's `start`/`end`, or the window monitoring names. An
+   asset-triggered run skips, with the reason in its log, while too few labelled days exist
+   or while the champion is younger than `training.retrain_every_days`.
+2. **train** fits logistic regression by gradient descent on binary cross-entropy
+   (`SGDClassifier(loss="log_loss")`) behind the fitted feature state, and logs one MLflow
+   run: params, log loss, ROC AUC, the windows as dataset inputs, the reference profile for
+   drift, a signature and an input example.
+3. **register_and_gate** registers a new model version and moves `@champion` to it only
+   if its holdout log loss beats the champion's on the same holdout.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Param, dag, task
+from loopline_airflow import DEFAULT_ARGS, FEATURES_ASSET, config, run_tags
+
+
+@dag(
+    dag_id="loopline_training",
+    schedule=[FEATURES_ASSET],
+    start_date=dt.datetime(2013, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["loopline", "training"],
+    doc_md=__doc__,
+    params={
+        "start": Param(None, type=["null", "string"], format="date", description="First flight date of the window (inclusive)."),
+        "end": Param(None, type=["null", "string"], format="date", description="End of the window (exclusive); default: the newest partition + 1 day."),
+        "force": Param(False, type="boolean", description="Train even if the champion is younger than training.retrain_every_days."),
+    },
+)
+def loopline_training():
+    @task
+    def plan_window(**context) -> dict:
+        from airflow.exceptions import AirflowSkipException
+
+        from loopline import registry, tracking, training
+
+        settings = config()
+        trigger = _trigger_of(context)
+        client = tracking.configure()
+        champion = registry.champion_version(client, settings.model_name)
+        champion_end = registry.window_end_of(champion) if champion else None
+        try:
+            window = training.decide_window(
+                settings,
+                end=trigger["end"],
+                start=trigger["start"],
+                force=trigger["force"],
+                champion_window_end=champion_end,
+            )
+        except training.TrainingSkipped as skipped:
+            raise AirflowSkipException(f"no training: {skipped}") from None
+        return {"window": window.to_dict(), "reason": trigger["reason"]}
+
+    @task
+    def train(plan: dict, **context) -> dict:
+        from loopline import training
+
+        window = training.TrainingWindow.from_dict(plan["window"])
+        tags = {**run_tags(context, window.label), "loopline.reason": plan["reason"][:250]}
+        return training.train(config(), window, tags)
+
+    @task
+    def register_and_gate(plan: dict, trained: dict) -> dict:
+        from loopline import registry
+
+        return registry.register_and_gate(config(), trained, plan["reason"])
+
+    plan = plan_window()
+    register_and_gate(plan, train(plan))
+
+
+def _trigger_of(context) -> dict:
+    """Translate what started this run into a window end, an optional start, force and a reason."""
+    conf = context["dag_run"].conf or {}
+    params = context["params"]
+    if conf.get("reason"):
+        return {
+            "end": dt.date.fromisoformat(conf["window_end"]),
+            "start": None,
+            "force": True,
+            "reason": f"monitoring: {conf['reason']}",
+        }
+
+    events = context["triggering_asset_events"].get(FEATURES_ASSET, []) if context.get("triggering_asset_events") else []
+    dates = [event.extra["partition_date"] for event in events if event.extra and event.extra.get("partition_date")]
+    if dates:
+        newest = dt.date.fromisoformat(max(dates))
+        return {"end": newest + dt.timedelta(days=1), "start": None, "force": False, "reason": f"features updated to {newest}"}
+
+    if params.get("end"):
+        end = dt.date.fromisoformat(params["end"])
+    else:
+        from loopline import training
+
+        days = training.labelled_days(config())
+        if not days:
+            raise ValueError("no labelled feature partitions exist; run the data pipeline (or a backfill) first")
+        end = days[-1] + dt.timedelta(days=1)
+    start = dt.date.fromisoformat(params["start"]) if params.get("start") else None
+    return {"end": end, "start": start, "force": bool(params.get("force")), "reason": "manual"}
+
+
+loopline_training()

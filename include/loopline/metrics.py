@@ -1,0 +1,69 @@
+"""Model quality metrics with fixed, documented conventions.
+
+Log loss is binary with the positive class fixed to 1, whatever classes a window holds,
+and probabilities are clipped to [LOG_LOSS_EPSILON, 1 - LOG_LOSS_EPSILON] so it is always
+finite: a certain and wrong prediction costs -ln(1e-15) = 34.5388. ROC AUC is undefined
+(None) for a window with one class.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Clipping constant of log loss, the one scikit-learn used before 1.5; training, the
+# registry gate and monitoring all use it, so their numbers are comparable.
+LOG_LOSS_EPSILON = 1e-15
+
+
+class MetricInputError(ValueError):
+    """Labels or probabilities are not valid input for a metric."""
+
+
+def _validated(y_true, probability) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(y_true, dtype="float64").ravel()
+    scores = np.asarray(probability, dtype="float64").ravel()
+    if labels.shape != scores.shape:
+        raise MetricInputError(f"got {labels.size} labels but {scores.size} probabilities; pass one of each per row")
+    if labels.size and not np.isin(labels, (0.0, 1.0)).all():
+        bad = labels[~np.isin(labels, (0.0, 1.0))][0]
+        raise MetricInputError(f"labels must be 0 or 1, got {bad!r}")
+    invalid = np.isnan(scores) | (scores < 0) | (scores > 1)
+    if invalid.any():
+        raise MetricInputError(
+            f"probabilities must lie in [0, 1], got {scores[invalid][0]!r} in {int(invalid.sum())} row(s)"
+        )
+    return labels, scores
+
+
+def log_loss(y_true, probability) -> float:
+    """Return mean binary cross-entropy, or NaN for an empty window."""
+    labels, scores = _validated(y_true, probability)
+    if labels.size == 0:
+        return math.nan
+    clipped = np.clip(scores, LOG_LOSS_EPSILON, 1 - LOG_LOSS_EPSILON)
+    losses = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
+    return float(losses.mean())
+
+
+def roc_auc(y_true, probability) -> float | None:
+    """Return ROC AUC, or None when the window lacks one of the two classes."""
+    from sklearn.metrics import roc_auc_score
+
+    labels, scores = _validated(y_true, probability)
+    if np.unique(labels).size < 2:
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def quality_summary(y_true, probability) -> dict[str, float | None]:
+    """Return log loss, ROC AUC, positive rate and mean prediction of one window."""
+    labels, scores = _validated(y_true, probability)
+    return {
+        "log_loss": log_loss(labels, scores),
+        "roc_auc": roc_auc(labels, scores),
+        "positive_rate": float(labels.mean()) if labels.size else math.nan,
+        "mean_probability": float(scores.mean()) if scores.size else math.nan,
+        "rows": float(labels.size),
+    }

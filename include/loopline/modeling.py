@@ -1,0 +1,82 @@
+"""The model: fitted feature state, scaling and a logistic model trained by gradient descent.
+
+The logged artifact is one scikit-learn ``Pipeline`` with three named steps, so batch and
+online scoring apply exactly what training learned, and the server can time the feature
+step and the classifier separately:
+
+* ``features``: ``FeatureProcessor`` (mean imputation, frequency encoding);
+* ``scale``: ``StandardScaler``, because stochastic gradient descent converges poorly on
+  features with very different scales (distance in miles next to a share in [0, 1]);
+* ``classifier``: ``SGDClassifier(loss="log_loss")``, logistic regression fitted by gradient
+  descent on binary cross-entropy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import SGDClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from loopline.config import LooplineConfig
+from loopline.features import FeatureProcessor
+
+FEATURES_STEP = "features"
+SCALE_STEP = "scale"
+CLASSIFIER_STEP = "classifier"
+
+# Types that the skops-serialized pipeline contains beyond scikit-learn's own. MLflow
+# stores this list with the model and skops refuses to load any type that is not on it.
+SKOPS_TRUSTED_TYPES = ["loopline.features.FeatureProcessor", "numpy.dtype"]
+
+
+def build_pipeline(config: LooplineConfig) -> Pipeline:
+    feature_set = config.feature_set
+    sgd = config.training.sgd
+    return Pipeline(
+        [
+            (
+                FEATURES_STEP,
+                FeatureProcessor(
+                    numerical=list(feature_set.numerical),
+                    categorical=list(feature_set.categorical),
+                    fill_value=feature_set.all_missing_fill_value,
+                ),
+            ),
+            (SCALE_STEP, StandardScaler()),
+            (
+                CLASSIFIER_STEP,
+                SGDClassifier(
+                    loss="log_loss",
+                    alpha=sgd.alpha,
+                    learning_rate=sgd.learning_rate,
+                    eta0=sgd.eta0,
+                    max_iter=sgd.max_iter,
+                    tol=sgd.tol,
+                    random_state=config.training.seed,
+                ),
+            ),
+        ]
+    )
+
+
+def model_signature(config: LooplineConfig):
+    """Return the MLflow signature built from the feature schema, not from sample dtypes.
+
+    Numerical features are declared double even where the training rows held integers, so
+    a request with a missing value (a float NaN) or a float still matches it.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = [ColSpec("double", name) for name in config.feature_set.numerical]
+    inputs += [ColSpec("string", name, required=False) for name in config.feature_set.categorical]
+    outputs = [ColSpec("double", "probability")]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def positive_probability(pipeline: Pipeline, features: np.ndarray) -> np.ndarray:
+    """Return P(delayed) from an already transformed and scaled feature matrix."""
+    classifier = pipeline.named_steps[CLASSIFIER_STEP]
+    positive_column = list(classifier.classes_).index(1)
+    return classifier.predict_proba(features)[:, positive_column]

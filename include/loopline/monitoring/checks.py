@@ -1,0 +1,175 @@
+"""Daily monitoring: drift and quality metrics, threshold rules, alerts and retrain requests.
+
+For one data interval the check computes the PSI of each numerical feature against the
+reference profile logged with the model version that scored the day, and the log loss and
+ROC AUC of the batch predictions whose labels have arrived in the trailing quality window.
+Each rule of the config compares one metric with its threshold; a metric without a value
+(too few rows, no labels yet, NaN) never fires a rule. A fired rule with action
+``retrain`` asks for a retrain unless another request was made within the cooldown,
+counted in data days so that a backfill decides the same way as the daily runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from typing import Any
+
+from loopline import metrics, registry, store, tracking, training
+from loopline.config import LooplineConfig, RuleConfig
+from loopline.monitoring import drift
+from loopline.monitoring import store as monitoring_store
+
+logger = logging.getLogger(__name__)
+
+
+def crosses(rule: RuleConfig, value: float | None) -> bool:
+    """Return True when ``value`` breaks ``rule``; a missing or NaN value never does."""
+    if value is None or not math.isfinite(value):
+        return False
+    if rule.direction == "above":
+        return value > rule.threshold
+    return value < rule.threshold
+
+
+def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
+    """Compute, store and evaluate the monitoring metrics of ``day``."""
+    monitoring = config.monitoring
+    engine = monitoring_store.get_engine()
+    batch = monitoring_store.scoring_batch(engine, day)
+    if batch is None:
+        raise LookupError(f"day {day} has not been scored yet; run the batch-scoring DAG for it first")
+    if batch["status"] != "scored" or not batch["model_version"]:
+        logger.info("day %s was not scored (%s); no metrics are computed", day, batch["status"])
+        row = _metric_row("psi", None, None, batch["status"], 0, None, monitoring.policy_version)
+        monitoring_store.replace_monitoring_results(engine, day, [row], [])
+        return {"date": day.isoformat(), "status": batch["status"], "alerts": [], "retrain": None}
+
+    version = batch["model_version"]
+    client = tracking.configure()
+    model_version = client.get_model_version(config.model_name, version)
+    reference = f"{config.model_name}/{version}"
+    profile = training.load_reference_profile(model_version.run_id)
+
+    feature_set = config.feature_set
+    features = store.read_partition(store.feature_dataset(feature_set.name, feature_set.version), day)
+    metric_rows = [
+        _metric_row("psi", result.feature, result.value, result.status, result.sample_size, version, monitoring.policy_version, reference)
+        for result in drift.feature_psi(profile, features, monitoring.psi_epsilon, monitoring.min_rows)
+    ]
+
+    quality_start = day - dt.timedelta(days=monitoring.quality_window_days - 1)
+    labelled = monitoring_store.labelled_predictions(engine, quality_start, day + dt.timedelta(days=1))
+    if len(labelled) >= monitoring.min_rows:
+        quality = metrics.quality_summary([row["delayed"] for row in labelled], [row["probability"] for row in labelled])
+        for name in ("log_loss", "roc_auc", "positive_rate", "mean_probability"):
+            value = quality[name]
+            status = "ok" if value is not None else "undefined_one_class"
+            metric_rows.append(_metric_row(name, None, value, status, len(labelled), version, monitoring.policy_version, reference))
+    else:
+        metric_rows.append(
+            _metric_row("log_loss", None, None, "insufficient_data", len(labelled), version, monitoring.policy_version, reference)
+        )
+
+    alert_rows = _evaluate_rules(config, metric_rows, version)
+    monitoring_store.replace_monitoring_results(engine, day, metric_rows, alert_rows)
+    for alert in alert_rows:
+        logger.warning(
+            "ALERT %s (%s): %s%s = %.4f is %s threshold %.4f on %s, model version %s",
+            alert["rule"],
+            alert["severity"],
+            alert["metric"],
+            f"[{alert['feature']}]" if alert["feature"] else "",
+            alert["value"],
+            "above" if alert["value"] > alert["threshold"] else "below",
+            alert["threshold"],
+            day,
+            version,
+        )
+
+    retrain = _retrain_decision(config, day, alert_rows, engine)
+    return {
+        "date": day.isoformat(),
+        "status": "checked",
+        "model_version": version,
+        "metrics": len(metric_rows),
+        "labelled_rows": len(labelled),
+        "alerts": [f"{row['rule']}:{row['metric']}:{row['feature'] or '-'}" for row in alert_rows][:20],
+        "retrain": retrain,
+    }
+
+
+def _metric_row(metric, feature, value, status, sample_size, version, policy_version, reference=None) -> dict[str, Any]:
+    return {
+        "metric": metric,
+        "feature": feature,
+        "value": value,
+        "status": status,
+        "sample_size": sample_size,
+        "model_version": version,
+        "reference": reference,
+        "policy_version": policy_version,
+    }
+
+
+def _evaluate_rules(config: LooplineConfig, metric_rows: list[dict[str, Any]], version: str) -> list[dict[str, Any]]:
+    alert_rows = []
+    for rule in config.monitoring.rules:
+        covered = set(rule.features)
+        for row in metric_rows:
+            if row["metric"] != rule.metric or row["status"] != "ok":
+                continue
+            if covered and row["feature"] not in covered:
+                continue
+            if crosses(rule, row["value"]):
+                alert_rows.append(
+                    {
+                        "rule": rule.name,
+                        "metric": rule.metric,
+                        "feature": row["feature"],
+                        "value": row["value"],
+                        "threshold": rule.threshold,
+                        "severity": rule.severity,
+                        "action": rule.action,
+                        "model_version": version,
+                        "policy_version": config.monitoring.policy_version,
+                    }
+                )
+    return alert_rows
+
+
+def _retrain_decision(config: LooplineConfig, day: dt.date, alert_rows, engine) -> dict[str, Any] | None:
+    rules = sorted({row["rule"] for row in alert_rows if row["action"] == "retrain"})
+    if not rules:
+        return None
+
+    reason = "; ".join(
+        f"{row['rule']}: {row['metric']}{'[' + row['feature'] + ']' if row['feature'] else ''}="
+        f"{row['value']:.4f} > {row['threshold']}"
+        for row in alert_rows
+        if row["action"] == "retrain"
+    )
+    decision = {"rules": rules, "reason": reason[:500], "window_end": (day + dt.timedelta(days=1)).isoformat()}
+    latest = monitoring_store.latest_retrain_request(engine)
+    if latest is not None:
+        since = (day - dt.date.fromisoformat(latest["partition_date"])).days
+        if 0 <= since < config.monitoring.retrain_cooldown_days:
+            decision["due"] = False
+            decision["suppressed"] = (
+                f"cooldown: a retrain was requested on {latest['partition_date']} ({since} day(s) earlier, "
+                f"cooldown {config.monitoring.retrain_cooldown_days} days)"
+            )
+            logger.info("retrain for %s suppressed by %s", day, decision["suppressed"])
+            return decision
+    decision["due"] = True
+    return decision
+
+
+def request_id_for(day: dt.date) -> str:
+    """Return the run id of the training run that monitoring triggers for ``day``.
+
+    One id per data day makes the trigger idempotent: a retried or cleared monitoring task
+    finds the run it already created instead of starting another.
+    """
+    return f"retrain__{day.isoformat()}"

@@ -1,0 +1,988 @@
+"""The online model server: FastAPI in front of the registered champion model.
+
+The server loads the model version that the registry alias ``champion`` points to and
+scores JSON records with the same fitted pipeline that batch scoring uses. A background
+thread polls the alias and swaps a new version in without a restart. Predictions and
+per-request stage timings go to the monitoring store through a bounded queue, so a slow
+or unavailable store never delays or fails a request.
+
+Endpoints:
+
+* ``POST /predict``: one JSON record (object) or a list of records;
+* ``GET /health``: 200 while the process runs, with the monitoring log counters;
+* ``GET /ready``: 200 when a model is loaded, else 503 with the reason;
+* ``GET /model``: name, version, alias, run id, signature inputs and load time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import mlflow
+import mlflow.sklearn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.types import DataType
+from sklearn.pipeline import Pipeline
+from starlette.concurrency import run_in_threadpool
+
+from loopline import settings
+from loopline.config import cached_config
+from loopline.modeling import CLASSIFIER_STEP, FEATURES_STEP, SCALE_STEP, positive_probability
+from loopline.monitoring import store
+
+logger = logging.getLogger(__name__)
+
+CHAMPION_ALIAS = "champion"
+DEFAULT_LOG_QUEUE_SIZE = 10_000
+
+# Registry error codes that mean "this model or alias does not exist (yet)". The SQL store
+# raises INVALID_PARAMETER_VALUE for a missing alias and RESOURCE_DOES_NOT_EXIST for a
+# missing registered model (MLflow 3.17).
+_NOT_FOUND_ERROR_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+# Signature column types the request parser accepts, by MLflow DataType name.
+_NUMBER_TYPES = frozenset({"double", "float"})
+_STRING_TYPES = frozenset({"string"})
+
+# The optional pass-through id of a record. The monitoring store column is String(64).
+FLIGHT_ID_FIELD = "flight_id"
+MAX_FLIGHT_ID_LENGTH = 64
+
+# A 422 response lists at most this many invalid values, so a large bad batch does not
+# produce an even larger error body.
+MAX_REPORTED_ERRORS = 50
+
+# A version that failed to load is retried after this delay, or at once when the alias moves.
+FAILED_VERSION_RETRY_SECONDS = 300.0
+
+
+# ---------------------------------------------------------------------------------------
+# The loaded model
+# ---------------------------------------------------------------------------------------
+
+
+class ModelLoadError(RuntimeError):
+    """A registered model version cannot be served."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputColumn:
+    """One model input column from the signature: its name and MLflow type name."""
+
+    name: str
+    type: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model version ready to serve.
+
+    The server replaces its current ``LoadedModel`` with one reference assignment, and a
+    request reads that reference once, so every request uses one version from start to end.
+    """
+
+    name: str
+    version: str
+    alias: str
+    run_id: str | None
+    model_uri: str
+    pipeline: Pipeline
+    inputs: tuple[InputColumn, ...]
+    loaded_at: dt.datetime
+
+    def describe(self) -> dict[str, Any]:
+        """Return the JSON description served by ``GET /model``."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "alias": self.alias,
+            "run_id": self.run_id,
+            "model_uri": self.model_uri,
+            "inputs": [{"name": column.name, "type": column.type} for column in self.inputs],
+            "loaded_at": self.loaded_at.isoformat(),
+        }
+
+
+def load_model_version(name: str, version: str, alias: str = CHAMPION_ALIAS, run_id: str | None = None) -> LoadedModel:
+    """Load one registered version, check it against its signature and score a test record.
+
+    Uses the global MLflow registry URI, so call ``mlflow.set_registry_uri`` first. Raises
+    ``ModelLoadError`` when the version has no usable signature, is not a Loopline
+    pipeline, or fails on a record of nulls.
+    """
+    model_uri = f"models:/{name}/{version}"
+    info = mlflow.models.get_model_info(model_uri)
+    if info.signature is None:
+        raise ModelLoadError(f"{model_uri} has no signature; log the model with model_signature(config)")
+    inputs = _signature_inputs(model_uri, info.signature)
+
+    pipeline = mlflow.sklearn.load_model(model_uri)
+    _check_pipeline(model_uri, pipeline, inputs)
+
+    # Scoring one record of nulls (all imputed) before the swap catches a model that loads
+    # but cannot predict, while the previous version still serves.
+    test_record = {column.name: None for column in inputs}
+    try:
+        _score(pipeline, [test_record])
+    except Exception as error:
+        raise ModelLoadError(f"{model_uri} failed to score a test record of nulls: {error}") from error
+
+    return LoadedModel(
+        name=name,
+        version=str(version),
+        alias=alias,
+        run_id=run_id or info.run_id,
+        model_uri=model_uri,
+        pipeline=pipeline,
+        inputs=inputs,
+        loaded_at=dt.datetime.now(dt.timezone.utc),
+    )
+
+
+def _signature_inputs(model_uri: str, signature: Any) -> tuple[InputColumn, ...]:
+    schema = signature.inputs
+    if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
+        raise ModelLoadError(f"{model_uri} needs a signature with named columns, got {schema}")
+
+    columns = []
+    for spec in schema.inputs:
+        type_name = spec.type.name if isinstance(spec.type, DataType) else str(spec.type)
+        if type_name not in _NUMBER_TYPES | _STRING_TYPES:
+            raise ModelLoadError(
+                f"{model_uri} input {spec.name!r} has type {type_name!r}; the server accepts "
+                f"{sorted(_NUMBER_TYPES | _STRING_TYPES)}"
+            )
+        columns.append(InputColumn(spec.name, type_name))
+    return tuple(columns)
+
+
+def _check_pipeline(model_uri: str, pipeline: Any, inputs: Sequence[InputColumn]) -> None:
+    steps = getattr(pipeline, "named_steps", {})
+    missing_steps = [step for step in (FEATURES_STEP, SCALE_STEP, CLASSIFIER_STEP) if step not in steps]
+    if not isinstance(pipeline, Pipeline) or missing_steps:
+        raise ModelLoadError(
+            f"{model_uri} is not a Loopline pipeline: it is a {type(pipeline).__name__} "
+            f"without steps {missing_steps}; log the pipeline from loopline.modeling.build_pipeline"
+        )
+
+    types = {column.name: column.type for column in inputs}
+    features = steps[FEATURES_STEP]
+    wrong = [name for name in features.numerical if types.get(name) not in _NUMBER_TYPES]
+    wrong += [name for name in features.categorical if types.get(name) not in _STRING_TYPES]
+    if wrong:
+        raise ModelLoadError(
+            f"{model_uri} pipeline features {wrong} are missing from the signature or have the "
+            "wrong type; numerical features need double and categorical features string"
+        )
+
+
+def _score(pipeline: Pipeline, records: list[dict[str, Any]]) -> tuple[Any, float, float]:
+    """Return P(delayed) per record and the feature and inference durations in seconds."""
+    started = time.perf_counter()
+    features = pipeline.named_steps[FEATURES_STEP].transform_records(records)
+    scaled = pipeline.named_steps[SCALE_STEP].transform(features)
+    computed = time.perf_counter()
+    probabilities = positive_probability(pipeline, scaled)
+    inferred = time.perf_counter()
+    return probabilities, computed - started, inferred - computed
+
+
+# ---------------------------------------------------------------------------------------
+# Request parsing
+# ---------------------------------------------------------------------------------------
+
+
+class RequestValidationFailed(ValueError):
+    """The request body does not match the model signature; ``errors`` is the 422 detail."""
+
+    def __init__(self, errors: list[dict[str, Any]], records: int = 0):
+        super().__init__(f"{len(errors)} invalid value(s) in the request")
+        self.errors = errors
+        self.records = records
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedRequest:
+    """Records reduced to the signature inputs, their flight ids and the ignored field count."""
+
+    records: list[dict[str, Any]]
+    flight_ids: list[str | None]
+    ignored_fields: int
+
+
+def parse_request(body: bytes, inputs: Sequence[InputColumn]) -> ParsedRequest:
+    """Parse a JSON body of one record or a list of records and check it against the signature.
+
+    Every record must contain every input column, null included: a misspelled field is
+    then reported as missing instead of being silently imputed. Numbers for double columns
+    are widened to float. Fields outside the signature, other than ``flight_id``, are
+    ignored and counted. Raises ``RequestValidationFailed`` listing each invalid value
+    with its location ``["body", record index, field]``. A single object is record 0.
+    """
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as error:
+        raise RequestValidationFailed(
+            [{"type": "json_invalid", "loc": ["body"], "msg": f"invalid JSON: {error}"}]
+        ) from None
+
+    if isinstance(payload, dict):
+        payload = [payload]
+    elif not isinstance(payload, list):
+        raise RequestValidationFailed(
+            [
+                {
+                    "type": "invalid_type",
+                    "loc": ["body"],
+                    "msg": "body must be a JSON object (one record) or a non-empty list of objects, "
+                    f"got {_json_type(payload)}",
+                    "input": _json_safe(payload),
+                }
+            ]
+        )
+    if not payload:
+        raise RequestValidationFailed(
+            [{"type": "too_short", "loc": ["body"], "msg": "the list of records is empty; send at least one record"}]
+        )
+
+    known = {column.name for column in inputs} | {FLIGHT_ID_FIELD}
+    errors: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    flight_ids: list[str | None] = []
+    ignored_fields = 0
+    for index, raw in enumerate(payload):
+        if not isinstance(raw, dict):
+            errors.append(
+                {
+                    "type": "dict_type",
+                    "loc": ["body", index],
+                    "msg": f"record {index} must be a JSON object, got {_json_type(raw)}",
+                    "input": _json_safe(raw),
+                }
+            )
+            continue
+        ignored_fields += sum(1 for field in raw if field not in known)
+        flight_ids.append(_flight_id(raw, index, errors))
+        records.append(_record_values(raw, index, inputs, errors))
+
+    if errors:
+        shown = errors[:MAX_REPORTED_ERRORS]
+        if len(errors) > MAX_REPORTED_ERRORS:
+            shown.append(
+                {
+                    "type": "too_many_errors",
+                    "loc": ["body"],
+                    "msg": f"{len(errors) - MAX_REPORTED_ERRORS} more invalid values are not listed",
+                }
+            )
+        raise RequestValidationFailed(shown, records=len(payload))
+    return ParsedRequest(records=records, flight_ids=flight_ids, ignored_fields=ignored_fields)
+
+
+def _record_values(
+    raw: Mapping[str, Any], index: int, inputs: Sequence[InputColumn], errors: list[dict[str, Any]]
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for column in inputs:
+        location = ["body", index, column.name]
+        if column.name not in raw:
+            errors.append(
+                {
+                    "type": "missing",
+                    "loc": location,
+                    "msg": f"field {column.name!r} is missing; send every model input field, "
+                    "with null for an unknown value",
+                }
+            )
+            continue
+
+        value = raw[column.name]
+        if value is None:
+            values[column.name] = None
+        elif column.type in _NUMBER_TYPES:
+            number = _finite_float(value)
+            if number is None:
+                errors.append(
+                    {
+                        "type": "float_type",
+                        "loc": location,
+                        "msg": f"field {column.name!r} must be a number or null, got {_json_type(value)}",
+                        "input": _json_safe(value),
+                    }
+                )
+            values[column.name] = number
+        elif isinstance(value, str):
+            values[column.name] = value
+        else:
+            errors.append(
+                {
+                    "type": "string_type",
+                    "loc": location,
+                    "msg": f"field {column.name!r} must be a string or null, got {_json_type(value)}",
+                    "input": _json_safe(value),
+                }
+            )
+    return values
+
+
+def _finite_float(value: Any) -> float | None:
+    """Return ``value`` as a finite float, or None when it is not a JSON number."""
+    # bool is a subclass of int in Python, but a JSON true is not a number.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _flight_id(raw: Mapping[str, Any], index: int, errors: list[dict[str, Any]]) -> str | None:
+    value = raw.get(FLIGHT_ID_FIELD)
+    if value is None or (isinstance(value, str) and len(value) <= MAX_FLIGHT_ID_LENGTH):
+        return value
+    errors.append(
+        {
+            "type": "string_type",
+            "loc": ["body", index, FLIGHT_ID_FIELD],
+            "msg": f"field {FLIGHT_ID_FIELD!r} must be a string of at most {MAX_FLIGHT_ID_LENGTH} "
+            f"characters or null, got {_json_type(value)}",
+            "input": _json_safe(value),
+        }
+    )
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {json.dumps(value)}"
+    if isinstance(value, (int, float)):
+        return f"number {value!r}" if _finite_float(value) is not None else f"non-finite number {value!r}"
+    if isinstance(value, str):
+        return f"string {value[:80]!r}"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _json_safe(value: Any) -> Any:
+    # Starlette renders JSON with allow_nan=False, so NaN and infinity are echoed as text.
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, (list, dict)):
+        return _json_type(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# Monitoring log
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LogEntry:
+    """The monitoring rows of one request: its predictions (maybe none) and its timing row."""
+
+    predictions: list[dict[str, Any]]
+    timing: dict[str, Any]
+
+    @property
+    def row_count(self) -> int:
+        return len(self.predictions) + 1
+
+
+class _RateLimitedWarning:
+    """Log a repeated warning at most once per interval, with the count of suppressed repeats."""
+
+    def __init__(self, interval_seconds: float = 60.0):
+        self._interval = interval_seconds
+        self._last_logged = -math.inf
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def warning(self, message: str, *args: Any) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_logged < self._interval:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed = self._suppressed, 0
+            self._last_logged = now
+        if suppressed:
+            message += " (%d similar warnings suppressed in the last %.0f s)"
+            args = (*args, suppressed, self._interval)
+        logger.warning(message, *args)
+
+
+class MonitoringLog:
+    """Writes online predictions and request timings to the monitoring store off the request path.
+
+    ``submit`` never blocks: it puts one ``LogEntry`` per request on a bounded queue, and one
+    background thread writes the entries in batches. When the queue is full or a write
+    fails, the rows are dropped and counted in ``dropped_records``, and a rate-limited
+    warning is logged. ``stop`` writes what is still queued before it returns.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        queue_size: int = DEFAULT_LOG_QUEUE_SIZE,
+        batch_size: int = 200,
+        idle_wait_seconds: float = 0.5,
+    ):
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        self.url = url
+        self.queue_size = queue_size
+        self._queue: queue.Queue[LogEntry] = queue.Queue(maxsize=queue_size)
+        self._batch_size = batch_size
+        self._idle_wait = idle_wait_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._counter_lock = threading.Lock()
+        self._dropped = 0
+        self._written = 0
+        self._full_warning = _RateLimitedWarning()
+        self._write_warning = _RateLimitedWarning()
+
+    @property
+    def dropped_records(self) -> int:
+        """Rows (predictions and timings) dropped since start because the queue was full or a write failed."""
+        return self._dropped
+
+    @property
+    def written_records(self) -> int:
+        return self._written
+
+    @property
+    def queued_entries(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="loopline-monitoring-log", daemon=True)
+        self._thread.start()
+        logger.info("monitoring log writer started (queue size %d)", self.queue_size)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write the queued entries and stop the writer, waiting at most ``timeout`` seconds."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning(
+                "monitoring log writer did not finish within %.0f s; %d queued entries are lost",
+                timeout,
+                self._queue.qsize(),
+            )
+        else:
+            logger.info(
+                "monitoring log writer stopped: %d records written, %d dropped", self._written, self._dropped
+            )
+        self._thread = None
+
+    def submit(self, entry: LogEntry) -> bool:
+        """Queue the rows of one request; return False when the queue is full and they are dropped."""
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self._count_dropped(entry.row_count)
+            self._full_warning.warning(
+                "monitoring log queue is full (%d entries): dropped %d records of request %s; "
+                "%d records dropped so far",
+                self.queue_size,
+                entry.row_count,
+                entry.timing.get("request_id"),
+                self._dropped,
+            )
+            return False
+        return True
+
+    def _count_dropped(self, rows: int) -> None:
+        with self._counter_lock:
+            self._dropped += rows
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch:
+                self._write(batch)
+            elif self._stop.is_set():
+                return
+
+    def _next_batch(self) -> list[LogEntry]:
+        try:
+            batch = [self._queue.get(timeout=self._idle_wait)]
+        except queue.Empty:
+            return []
+        while len(batch) < self._batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[LogEntry]) -> None:
+        prediction_rows = [row for entry in batch for row in entry.predictions]
+        timing_rows = [entry.timing for entry in batch]
+        # Predictions and timings are two transactions, so a failure in one drops only its rows.
+        for kind, rows, insert in (
+            ("predictions", prediction_rows, store.insert_online_predictions),
+            ("request timings", timing_rows, store.insert_request_timings),
+        ):
+            if not rows:
+                continue
+            try:
+                insert(store.get_engine(self.url), rows)
+            except Exception as error:  # a down store must never stop the writer thread
+                self._count_dropped(len(rows))
+                self._write_warning.warning(
+                    "writing %d %s rows to the monitoring store failed, so they are dropped "
+                    "(%d records dropped so far): %s",
+                    len(rows),
+                    kind,
+                    self._dropped,
+                    error,
+                )
+            else:
+                with self._counter_lock:
+                    self._written += len(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# The server
+# ---------------------------------------------------------------------------------------
+
+
+class ModelServer:
+    """Serves the version that the alias points to and swaps in a new one when the alias moves.
+
+    ``refresh`` polls the alias once: the background poller calls it every ``poll_seconds``,
+    and tests or operators may call it directly. A version that fails to load leaves the
+    current one serving.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        tracking_uri: str,
+        monitoring: MonitoringLog,
+        decision_threshold: float,
+        poll_seconds: float = 10.0,
+        alias: str = CHAMPION_ALIAS,
+        startup_wait_seconds: float = 30.0,
+    ):
+        if poll_seconds <= 0:
+            raise ValueError(f"poll_seconds must be positive, got {poll_seconds}")
+        self.model_name = model_name
+        self.tracking_uri = tracking_uri
+        self.alias = alias
+        self.monitoring = monitoring
+        self.decision_threshold = decision_threshold
+        self.poll_seconds = poll_seconds
+        self.startup_wait_seconds = startup_wait_seconds
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+        # Replaced by one assignment, never mutated; see LoadedModel.
+        self._model: LoadedModel | None = None
+        self._unavailable_reason = f"the server has not polled the registry for model {model_name!r} yet"
+        self._refresh_lock = threading.Lock()
+        self._failed_versions: dict[str, float] = {}
+        self._last_poll_problem: str | None = None
+        self._first_poll_done = threading.Event()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    @property
+    def model(self) -> LoadedModel | None:
+        """The model serving now, or None before a champion has loaded."""
+        return self._model
+
+    @property
+    def unavailable_reason(self) -> str:
+        return self._unavailable_reason
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the monitoring writer and the poller, and wait for the first poll.
+
+        The first poll runs in the poller thread, and the wait ends after
+        ``startup_wait_seconds`` even if the registry has not answered. The server then
+        starts without a model and ``/ready`` returns 503 until a poll loads one.
+        """
+        self.monitoring.start()
+        self._stop.clear()
+        self._poller = threading.Thread(target=self._poll_loop, name="loopline-model-poller", daemon=True)
+        self._poller.start()
+        if not self._first_poll_done.wait(self.startup_wait_seconds):
+            logger.warning(
+                "first registry poll for %s@%s did not finish within %.0f s; starting without a model",
+                self.model_name,
+                self.alias,
+                self.startup_wait_seconds,
+            )
+        logger.info(
+            "model server started for %s@%s (tracking URI %s, poll every %.1f s)",
+            self.model_name,
+            self.alias,
+            self.tracking_uri,
+            self.poll_seconds,
+        )
+
+    def stop(self) -> None:
+        """Stop the poller, then write the queued monitoring rows."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=30.0)
+            if self._poller.is_alive():
+                logger.warning("model poller still busy after 30 s at shutdown; leaving it to exit with the process")
+            self._poller = None
+        self.monitoring.stop()
+        logger.info("model server stopped")
+
+    def _poll_loop(self) -> None:
+        try:
+            self.refresh()
+        finally:
+            self._first_poll_done.set()
+        while not self._stop.wait(self.poll_seconds):
+            self.refresh()
+
+    # -- alias polling -------------------------------------------------------------------
+
+    def refresh(self) -> LoadedModel | None:
+        """Poll the alias once and load its version when it differs; return the serving model.
+
+        Registry and load errors are logged, never raised, because the current version
+        keeps serving.
+        """
+        with self._refresh_lock:
+            try:
+                self._refresh_locked()
+            except Exception:  # the poller thread must survive any registry or load error
+                logger.exception("polling %s@%s failed; the current model keeps serving", self.model_name, self.alias)
+            return self._model
+
+    def _refresh_locked(self) -> None:
+        current = self._model
+        try:
+            target = self.client.get_model_version_by_alias(self.model_name, self.alias)
+        except MlflowException as error:
+            if error.error_code in _NOT_FOUND_ERROR_CODES:
+                self._on_no_alias(current, error)
+            else:
+                self._on_registry_error(current, error)
+            return
+        except Exception as error:  # connection errors come as requests or SQLAlchemy exceptions
+            self._on_registry_error(current, error)
+            return
+
+        version = str(target.version)
+        self._last_poll_problem = None
+        if current is not None and current.version == version:
+            return
+        failed_at = self._failed_versions.get(version)
+        if failed_at is not None and time.monotonic() - failed_at < FAILED_VERSION_RETRY_SECONDS:
+            return
+
+        previous = current.version if current else None
+        logger.info(
+            "alias %s of %s points to version %s (serving %s); loading it",
+            self.alias,
+            self.model_name,
+            version,
+            previous or "none",
+        )
+        started = time.perf_counter()
+        try:
+            loaded = load_model_version(self.model_name, version, alias=self.alias, run_id=target.run_id)
+        except Exception as error:
+            self._failed_versions[version] = time.monotonic()
+            logger.error(
+                "loading version %s of %s failed, so version %s keeps serving; retrying in %.0f s or "
+                "when the alias moves: %s",
+                version,
+                self.model_name,
+                previous or "none (no model)",
+                FAILED_VERSION_RETRY_SECONDS,
+                error,
+                exc_info=True,
+            )
+            if current is None:
+                self._unavailable_reason = (
+                    f"champion version {version} of model {self.model_name!r} failed to load: {error}"
+                )
+            return
+
+        self._failed_versions.pop(version, None)
+        self._model = loaded
+        logger.info(
+            "now serving %s version %s (was %s), loaded in %.2f s",
+            self.model_name,
+            version,
+            previous or "none",
+            time.perf_counter() - started,
+        )
+
+    def _on_no_alias(self, current: LoadedModel | None, error: MlflowException) -> None:
+        if current is None:
+            self._unavailable_reason = (
+                f"no champion is registered yet for model {self.model_name!r} (alias {self.alias!r} "
+                f"not found); the server loads it within {self.poll_seconds:g} s after training sets the alias"
+            )
+            self._note_poll_problem(logging.INFO, f"no {self.alias} alias for {self.model_name} yet: {error.message}")
+        else:
+            self._note_poll_problem(
+                logging.WARNING,
+                f"alias {self.alias} of {self.model_name} is gone ({error.message}); "
+                f"version {current.version} keeps serving",
+            )
+
+    def _on_registry_error(self, current: LoadedModel | None, error: Exception) -> None:
+        if current is None:
+            self._unavailable_reason = (
+                f"the model registry at {self.tracking_uri} failed to resolve {self.model_name}@{self.alias}: {error}"
+            )
+        self._note_poll_problem(
+            logging.WARNING,
+            f"resolving {self.model_name}@{self.alias} failed; serving "
+            f"{current.version if current else 'no model'}: {error}",
+        )
+
+    def _note_poll_problem(self, level: int, message: str) -> None:
+        # A poll every few seconds would repeat the same problem; log it once until it changes.
+        if message != self._last_poll_problem:
+            logger.log(level, "%s", message)
+            self._last_poll_problem = message
+
+    # -- prediction ----------------------------------------------------------------------
+
+    def predict(self, body: bytes) -> JSONResponse:
+        """Score a request body and return the HTTP response (200, 422, 500 or 503)."""
+        request_id = uuid.uuid4().hex
+        headers = {"X-Request-ID": request_id}
+        model = self._model
+        if model is None:
+            headers["Retry-After"] = str(math.ceil(self.poll_seconds))
+            return JSONResponse({"detail": self._unavailable_reason}, status_code=503, headers=headers)
+
+        started = time.perf_counter()
+        try:
+            parsed = parse_request(body, model.inputs)
+        except RequestValidationFailed as error:
+            timings = _timings_ms(time.perf_counter() - started, 0.0, 0.0, 0.0)
+            self._log_request(model, request_id, error.records, 422, timings, [])
+            return JSONResponse({"detail": error.errors}, status_code=422, headers=headers)
+        parsed_at = time.perf_counter()
+
+        try:
+            probabilities, feature_seconds, inference_seconds = _score(model.pipeline, parsed.records)
+        except Exception:
+            logger.exception(
+                "request %s failed inside %s version %s with %d records",
+                request_id,
+                model.name,
+                model.version,
+                len(parsed.records),
+            )
+            timings = _timings_ms(parsed_at - started, time.perf_counter() - parsed_at, 0.0, 0.0)
+            self._log_request(model, request_id, len(parsed.records), 500, timings, [])
+            return JSONResponse(
+                {"detail": f"scoring failed in model version {model.version}; the server log has request {request_id}"},
+                status_code=500,
+                headers=headers,
+            )
+        scored_at = time.perf_counter()
+
+        predictions = []
+        for flight_id, probability in zip(parsed.flight_ids, probabilities, strict=True):
+            probability = float(probability)
+            predictions.append(
+                {
+                    "flight_id": flight_id,
+                    "probability": probability,
+                    "delayed": int(probability >= self.decision_threshold),
+                }
+            )
+        content = {
+            "model_name": model.name,
+            "model_version": model.version,
+            "request_id": request_id,
+            "predictions": predictions,
+            "ignored_fields": parsed.ignored_fields,
+        }
+        finished = time.perf_counter()
+
+        content["timings_ms"] = _timings_ms(
+            parsed_at - started, feature_seconds, inference_seconds, finished - scored_at, total=finished - started
+        )
+        self._log_request(model, request_id, len(predictions), 200, content["timings_ms"], predictions)
+        return JSONResponse(content, headers=headers)
+
+    def _log_request(
+        self,
+        model: LoadedModel,
+        request_id: str,
+        records: int,
+        status_code: int,
+        timings: Mapping[str, float],
+        predictions: list[dict[str, Any]],
+    ) -> None:
+        prediction_rows = [
+            {
+                # NOTE: the store's flight_id column is NOT NULL, so a record sent without a
+                # flight_id is logged with an empty string.
+                "flight_id": prediction["flight_id"] or "",
+                "model_version": model.version,
+                "probability": prediction["probability"],
+                "decision": prediction["delayed"],
+                "request_id": request_id,
+            }
+            for prediction in predictions
+        ]
+        timing_row = {
+            "request_id": request_id,
+            "model_version": model.version,
+            "records": records,
+            "status_code": status_code,
+            "preprocessing_ms": timings["preprocessing"],
+            "feature_ms": timings["feature_computation"],
+            "inference_ms": timings["inference"],
+            "postprocessing_ms": timings["postprocessing"],
+            "total_ms": timings["total"],
+        }
+        self.monitoring.submit(LogEntry(predictions=prediction_rows, timing=timing_row))
+
+    # -- status --------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model_loaded": self._model is not None,
+            "dropped_log_records": self.monitoring.dropped_records,
+            "queued_log_entries": self.monitoring.queued_entries,
+        }
+
+
+def _timings_ms(
+    preprocessing: float, features: float, inference: float, postprocessing: float, total: float | None = None
+) -> dict[str, float]:
+    """Convert stage durations in seconds to milliseconds rounded to 1 microsecond."""
+    if total is None:
+        total = preprocessing + features + inference + postprocessing
+    return {
+        "preprocessing": round(preprocessing * 1000, 3),
+        "feature_computation": round(features * 1000, 3),
+        "inference": round(inference * 1000, 3),
+        "postprocessing": round(postprocessing * 1000, 3),
+        "total": round(total * 1000, 3),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The FastAPI application
+# ---------------------------------------------------------------------------------------
+
+
+def create_app(
+    model_name: str | None = None,
+    tracking_uri: str | None = None,
+    monitoring_url: str | None = None,
+    poll_seconds: float = 10.0,
+    log_queue_size: int = DEFAULT_LOG_QUEUE_SIZE,
+) -> FastAPI:
+    """Build the serving app; its lifespan starts and stops the poller and the monitoring writer.
+
+    Defaults: the model name from the config (or ``LOOPLINE_MODEL_NAME``), the tracking URI
+    from ``LOOPLINE_MLFLOW_TRACKING_URI`` and the store from ``LOOPLINE_MONITORING_DB_URL``.
+    The ``ModelServer`` is ``app.state.server``.
+
+    NOTE: model loading resolves ``models:/`` URIs through MLflow's process-wide tracking and
+    registry URIs, which this function sets. Two apps in one process must share a tracking URI.
+    """
+    config = cached_config()
+    model_name = model_name or config.model_name
+    tracking_uri = tracking_uri or settings.mlflow_tracking_uri()
+    monitoring_url = monitoring_url or settings.monitoring_db_url()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+    server = ModelServer(
+        model_name=model_name,
+        tracking_uri=tracking_uri,
+        monitoring=MonitoringLog(monitoring_url, queue_size=log_queue_size),
+        decision_threshold=config.serving.decision_threshold,
+        poll_seconds=poll_seconds,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(server.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(server.stop)
+
+    app = FastAPI(title="Loopline model server", lifespan=lifespan)
+    app.state.server = server
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        """Score one JSON record or a list of records with the champion model."""
+        body = await request.body()
+        # Parsing and scoring are CPU work; a worker thread keeps the event loop free for /health.
+        return await run_in_threadpool(server.predict, body)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Return 200 while the process runs, with the monitoring log counters."""
+        return server.health()
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Return 200 with the version when a model is loaded, else 503 with the reason."""
+        model = server.model
+        if model is None:
+            return JSONResponse({"status": "not_ready", "detail": server.unavailable_reason}, status_code=503)
+        return JSONResponse({"status": "ready", "model_name": model.name, "model_version": model.version})
+
+    @app.get("/model")
+    async def model_info() -> JSONResponse:
+        """Describe the serving model version, or return 503 when none is loaded."""
+        model = server.model
+        if model is None:
+            return JSONResponse({"detail": server.unavailable_reason}, status_code=503)
+        return JSONResponse(model.describe())
+
+    return app
+
+
+def run(host: str = "127.0.0.1", port: int = 8000, poll_seconds: float = 10.0) -> None:
+    """Serve the app with uvicorn in one worker process until interrupted."""
+    import uvicorn
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(poll_seconds=poll_seconds)
+    logger.info("starting model server on http://%s:%d", host, port)
+    uvicorn.run(app, host=host, port=port, workers=1, log_level="info")

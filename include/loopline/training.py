@@ -1,0 +1,298 @@
+"""The training pipeline: window planning, the training set, fitting and logging to MLflow.
+
+A training window ``[start, end)`` is a range of flight dates. Only days whose features are
+in the store and whose labels had arrived by the cutoff take part, and the last
+``holdout_days`` of them are the holdout, so the split follows time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from loopline import metrics, modeling, store, tracking
+from loopline.config import LooplineConfig
+from loopline.monitoring import drift
+
+logger = logging.getLogger(__name__)
+
+# Name of the reference-profile artifact logged with every training run.
+REFERENCE_PROFILE_ARTIFACT = "reference_profile.json"
+
+
+class TrainingSkipped(Exception):
+    """Training is not due or not possible yet; the run ends without a model version."""
+
+
+class TrainingDataError(ValueError):
+    """The training window's data cannot give a sound model (empty, too small, one class)."""
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """Flight dates ``[start, end)`` used for training; ``holdout_start`` opens the holdout."""
+
+    start: dt.date
+    end: dt.date
+    holdout_start: dt.date
+    days: tuple[dt.date, ...]
+
+    @property
+    def train_days(self) -> list[dt.date]:
+        return [day for day in self.days if day < self.holdout_start]
+
+    @property
+    def holdout_days(self) -> list[dt.date]:
+        return [day for day in self.days if day >= self.holdout_start]
+
+    @property
+    def label(self) -> str:
+        return f"{self.start.isoformat()}..{self.end.isoformat()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "holdout_start": self.holdout_start.isoformat(),
+            "days": [day.isoformat() for day in self.days],
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> TrainingWindow:
+        return cls(
+            start=dt.date.fromisoformat(payload["start"]),
+            end=dt.date.fromisoformat(payload["end"]),
+            holdout_start=dt.date.fromisoformat(payload["holdout_start"]),
+            days=tuple(dt.date.fromisoformat(day) for day in payload["days"]),
+        )
+
+
+def labelled_days(config: LooplineConfig) -> list[dt.date]:
+    """Return the dates that have both a feature partition and a label partition."""
+    feature_set = config.feature_set
+    with_features = set(store.available_days(store.feature_dataset(feature_set.name, feature_set.version)))
+    with_labels = set(store.available_days(store.LABELS))
+    return sorted(with_features & with_labels)
+
+
+def plan_window(
+    config: LooplineConfig,
+    end: dt.date,
+    start: dt.date | None = None,
+    available: list[dt.date] | None = None,
+) -> TrainingWindow:
+    """Return the training window that ends before ``end``.
+
+    Without ``start`` the window spans the last ``window_days`` days. Raises
+    ``TrainingSkipped`` when fewer than ``min_days`` labelled days fall inside.
+    """
+    training = config.training
+    start = start or end - dt.timedelta(days=training.window_days)
+    if start >= end:
+        raise TrainingDataError(f"training window start {start} is not before its end {end}; swap or fix them")
+
+    available = labelled_days(config) if available is None else available
+    days = tuple(day for day in available if start <= day < end)
+    if len(days) < training.min_days:
+        raise TrainingSkipped(
+            f"window {start}..{end} has {len(days)} labelled day(s), fewer than training.min_days="
+            f"{training.min_days}; run the data pipeline for more days first"
+        )
+    holdout_start = days[-training.holdout_days]
+    return TrainingWindow(start=start, end=end, holdout_start=holdout_start, days=days)
+
+
+def training_set(config: LooplineConfig, days: list[dt.date]) -> pd.DataFrame:
+    """Join the feature partitions of ``days`` with their labels on the entity key."""
+    feature_set = config.feature_set
+    features = store.read_days(store.feature_dataset(feature_set.name, feature_set.version), days)
+    labels = store.read_days(store.LABELS, days)[[feature_set.entity_key, feature_set.label]]
+    joined = features.merge(labels, on=feature_set.entity_key, how="inner", validate="one_to_one")
+
+    unlabelled = len(features) - len(joined)
+    if unlabelled:
+        # Labels can be missing for a flight that had no outcome record yet; those rows
+        # cannot be trained on, so they are counted and left out, never guessed.
+        logger.warning("%d of %d feature rows have no label and are left out of training", unlabelled, len(features))
+    return joined.sort_values([feature_set.event_time, feature_set.entity_key], kind="stable").reset_index(drop=True)
+
+
+def check_trainable(frame: pd.DataFrame, config: LooplineConfig, part: str, window_label: str) -> dict[str, int]:
+    """Raise ``TrainingDataError`` unless ``frame`` has enough rows of both classes."""
+    label = config.feature_set.label
+    positives = int((frame[label] == 1).sum()) if len(frame) else 0
+    negatives = int((frame[label] == 0).sum()) if len(frame) else 0
+    counts = {"rows": len(frame), "positives": positives, "negatives": negatives}
+    if len(frame) == 0:
+        raise TrainingDataError(f"{part} set of window {window_label} is empty (0 rows); no model is trained")
+    if positives == 0 or negatives == 0:
+        raise TrainingDataError(
+            f"{part} set of window {window_label} has a single class "
+            f"(positives={positives}, negatives={negatives}); need both 0 and 1 to train"
+        )
+    if part == "training" and len(frame) < config.training.min_rows:
+        raise TrainingDataError(
+            f"training set of window {window_label} has {len(frame)} rows, fewer than "
+            f"training.min_rows={config.training.min_rows}; widen the window"
+        )
+    return counts
+
+
+def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) -> dict[str, Any]:
+    """Fit the model on the window, log the run to MLflow and return a small summary."""
+    import mlflow
+
+    feature_set = config.feature_set
+    frame = training_set(config, list(window.days))
+    train_frame = frame[_flight_dates(frame) < window.holdout_start]
+    holdout_frame = frame[_flight_dates(frame) >= window.holdout_start]
+
+    train_counts = check_trainable(train_frame, config, "training", window.label)
+    holdout_counts = check_trainable(holdout_frame, config, "holdout", window.label)
+
+    run_tags = {
+        **tags,
+        "loopline.window": window.label,
+        "loopline.holdout_start": window.holdout_start.isoformat(),
+        "loopline.feature_set": f"{feature_set.name}/{feature_set.version}",
+    }
+    with tracking.task_run(tracking.TRAINING_EXPERIMENT, f"train {window.label}", run_tags) as run:
+        mlflow.log_params(
+            {
+                "model": "sgd_logistic",
+                "window_start": window.start.isoformat(),
+                "window_end": window.end.isoformat(),
+                "holdout_start": window.holdout_start.isoformat(),
+                "window_days": len(window.days),
+                "feature_set": f"{feature_set.name}/{feature_set.version}",
+                "numerical_features": ",".join(feature_set.numerical),
+                "categorical_features": ",".join(feature_set.categorical),
+                "seed": config.training.seed,
+                **{f"sgd_{key}": value for key, value in config.training.sgd.model_dump().items()},
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "train_rows": train_counts["rows"],
+                "train_positives": train_counts["positives"],
+                "holdout_rows": holdout_counts["rows"],
+                "holdout_positives": holdout_counts["positives"],
+            }
+        )
+        _log_datasets(config, window, train_frame, holdout_frame)
+
+        pipeline = modeling.build_pipeline(config)
+        x_train = train_frame[feature_set.features]
+        pipeline.fit(x_train, train_frame[feature_set.label].to_numpy())
+
+        train_probability = pipeline.predict_proba(x_train)[:, 1]
+        holdout_probability = pipeline.predict_proba(holdout_frame[feature_set.features])[:, 1]
+        holdout_quality = metrics.quality_summary(holdout_frame[feature_set.label], holdout_probability)
+        summary_metrics = {
+            "train_log_loss": metrics.log_loss(train_frame[feature_set.label], train_probability),
+            "holdout_log_loss": holdout_quality["log_loss"],
+            "holdout_roc_auc": holdout_quality["roc_auc"],
+            "holdout_positive_rate": holdout_quality["positive_rate"],
+            "holdout_mean_probability": holdout_quality["mean_probability"],
+        }
+        mlflow.log_metrics({key: value for key, value in summary_metrics.items() if value is not None})
+
+        profile = drift.reference_profile(train_frame, list(feature_set.numerical), config.monitoring.psi_bins)
+        mlflow.log_dict(profile, REFERENCE_PROFILE_ARTIFACT)
+        fitted = pipeline.named_steps[modeling.FEATURES_STEP]
+        mlflow.log_dict(
+            {
+                "means": dict(zip(feature_set.numerical, fitted.means_.tolist(), strict=True)),
+                "all_missing_features": fitted.all_missing_features_,
+                "frequencies": dict(zip(feature_set.categorical, fitted.frequencies_, strict=True)),
+            },
+            "feature_state.json",
+        )
+
+        model_info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            signature=modeling.model_signature(config),
+            input_example=x_train.head(3),
+            skops_trusted_types=modeling.SKOPS_TRUSTED_TYPES,
+        )
+        run_id = run.info.run_id
+
+    logger.info(
+        "trained window %s: holdout log loss %.4f, ROC AUC %s (run %s)",
+        window.label,
+        summary_metrics["holdout_log_loss"],
+        summary_metrics["holdout_roc_auc"],
+        run_id,
+    )
+    return {
+        "run_id": run_id,
+        "model_uri": model_info.model_uri,
+        "window": window.to_dict(),
+        "holdout_log_loss": summary_metrics["holdout_log_loss"],
+        "holdout_roc_auc": summary_metrics["holdout_roc_auc"],
+    }
+
+
+def _flight_dates(frame: pd.DataFrame) -> np.ndarray:
+    return pd.to_datetime(frame["flight_date"]).dt.date.to_numpy()
+
+
+def _log_datasets(config: LooplineConfig, window: TrainingWindow, train_frame, holdout_frame) -> None:
+    import mlflow
+
+    feature_set = config.feature_set
+    source = str(store.partition_dir(store.feature_dataset(feature_set.name, feature_set.version), window.start).parent)
+    for context, days, frame in (
+        ("training", window.train_days, train_frame),
+        ("holdout", window.holdout_days, holdout_frame),
+    ):
+        dataset = mlflow.data.from_pandas(
+            frame[feature_set.features + [feature_set.label]],
+            source=source,
+            name=f"{feature_set.name}-{feature_set.version} {days[0]}..{days[-1]}",
+            targets=feature_set.label,
+        )
+        mlflow.log_input(dataset, context=context)
+
+
+def load_reference_profile(run_id: str) -> dict:
+    """Download the reference profile logged by training run ``run_id``."""
+    import mlflow
+
+    tracking.configure()
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_PROFILE_ARTIFACT, dst_path=folder)
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def decide_window(
+    config: LooplineConfig,
+    end: dt.date,
+    start: dt.date | None = None,
+    force: bool = False,
+    champion_window_end: dt.date | None = None,
+) -> TrainingWindow:
+    """Return the window to train on now, or raise ``TrainingSkipped`` with the reason.
+
+    Without ``force``, training waits until the champion's window ended at least
+    ``retrain_every_days`` before ``end``, so a run of daily asset events does not retrain
+    every day.
+    """
+    window = plan_window(config, end, start)
+    every = config.training.retrain_every_days
+    if not force and champion_window_end is not None and window.end < champion_window_end + dt.timedelta(days=every):
+        raise TrainingSkipped(
+            f"the champion was trained on data up to {champion_window_end}; the next scheduled retrain is "
+            f"due once the window reaches {champion_window_end + dt.timedelta(days=every)} "
+            f"(training.retrain_every_days={every}); trigger with force=true to train now"
+        )
+    return window

@@ -1,0 +1,99 @@
+"""Airflow integration for Loopline: context helpers, the shared asset and sensors.
+
+This layer translates Airflow's run context (data interval, params, asset events, conf)
+into plain arguments for the ``loopline`` library, which never imports Airflow. Importing
+this module is cheap: heavy libraries load inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from airflow.sdk import Asset, BaseSensorOperator
+
+logger = logging.getLogger(__name__)
+
+# Updated by the data pipeline after each day's features are written; its event extra
+# carries the partition date and row counts. The training DAG is scheduled on it.
+FEATURES_ASSET = Asset(name="loopline_flight_features", uri="loopline://feature-store/flights/v1", group="feature-store")
+
+DEFAULT_ARGS = {
+    "owner": "loopline",
+    "retries": 2,
+    "retry_delay": dt.timedelta(seconds=30),
+}
+
+
+def interval_day(context: dict[str, Any]) -> dt.date:
+    """Return the UTC date that names the run's data interval (never the wall clock)."""
+    start = context.get("data_interval_start")
+    if start is None:
+        raise ValueError(
+            f"run {context['dag_run'].run_id} has no data interval (an asset-triggered or manual run "
+            "without a logical date); trigger it with a logical date"
+        )
+    return start.astimezone(dt.timezone.utc).date()
+
+
+def run_tags(context: dict[str, Any], window: str | None = None) -> dict[str, str]:
+    """Return the MLflow tags that tie a run to its Airflow task."""
+    tags = {
+        "airflow.dag_id": context["dag"].dag_id,
+        "airflow.run_id": context["dag_run"].run_id,
+        "airflow.task_id": context["task_instance"].task_id,
+        "airflow.try_number": str(context["task_instance"].try_number),
+    }
+    if window:
+        tags["loopline.window"] = window
+    return tags
+
+
+def config():
+    from loopline.config import cached_config
+
+    return cached_config()
+
+
+class ScoringBatchSensor(BaseSensorOperator):
+    """Wait until the monitoring store records the batch scoring of the run's data day.
+
+    Runs in reschedule mode by default, so it frees its worker slot between pokes; the
+    ``timeout`` counts from the first poke.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("mode", "reschedule")
+        kwargs.setdefault("poke_interval", 20)
+        kwargs.setdefault("timeout", 6 * 3600)
+        super().__init__(**kwargs)
+
+    def poke(self, context: dict[str, Any]) -> bool:
+        from loopline.monitoring import store
+
+        day = interval_day(context)
+        batch = store.scoring_batch(store.get_engine(), day)
+        if batch is None:
+            logger.info("no scoring record for %s yet", day)
+            return False
+        logger.info("scoring record for %s: %s, %s rows, model version %s", day, batch["status"], batch["rows"], batch["model_version"])
+        return True
+
+
+class FeaturePartitionSensor(BaseSensorOperator):
+    """Wait until the feature-store partition of the run's data day exists."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("mode", "reschedule")
+        kwargs.setdefault("poke_interval", 20)
+        kwargs.setdefault("timeout", 6 * 3600)
+        super().__init__(**kwargs)
+
+    def poke(self, context: dict[str, Any]) -> bool:
+        from loopline import store
+
+        feature_set = config().feature_set
+        path = store.partition_path(store.feature_dataset(feature_set.name, feature_set.version), interval_day(context))
+        logger.info("waiting for %s: %s", path, "present" if path.is_file() else "absent")
+        return path.is_file()

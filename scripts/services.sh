@@ -1,0 +1,455 @@
+#!/usr/bin/env bash
+# Start, stop or list Loopline's local services: the Airflow API server, scheduler,
+# dag-processor and triggerer, the MLflow tracking server and the model server.
+#
+#   scripts/services.sh start|stop|status
+#
+# Every service listens on 127.0.0.1 only. State, logs and pid files live under
+# LOOPLINE_HOME (see scripts/env.sh).
+#
+# Environment:
+#   LOOPLINE_START_TIMEOUT  seconds to wait for each service to become ready (default 180)
+set -euo pipefail
+
+# shellcheck source=scripts/env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+RUN_DIR="$LOOPLINE_HOME/run"
+LOG_DIR="$LOOPLINE_HOME/logs"
+START_TIMEOUT="${LOOPLINE_START_TIMEOUT:-180}"
+STOP_TIMEOUT=30
+
+# Start order. MLflow comes first because tasks and the model server log to it.
+SERVICES=(mlflow airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer model-server)
+AIRFLOW_SERVICES=(airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer)
+
+AIRFLOW_URL="http://127.0.0.1:$LOOPLINE_AIRFLOW_PORT"
+MLFLOW_URL="http://127.0.0.1:$LOOPLINE_MLFLOW_PORT"
+MODEL_SERVER_URL="http://127.0.0.1:$LOOPLINE_SERVER_PORT"
+
+# Every process started here, and every child it forks, inherits this variable, so stop
+# can find them even after their parent has died or a pid file was lost.
+MARKER="LOOPLINE_SERVICE_HOME=$LOOPLINE_HOME"
+
+# --- Process bookkeeping ---------------------------------------------------------------
+
+# Print field N (1-based, as in proc(5)) of /proc/PID/stat. The command name in field 2
+# may contain spaces and parentheses, so the fields are counted after its closing ")".
+proc_stat_field() {
+    local pid="$1" field="$2" stat rest
+    read -r stat 2>/dev/null <"/proc/$pid/stat" || return 1
+    rest="${stat##*) }"
+    local -a fields
+    read -r -a fields <<<"$rest"
+    printf '%s\n' "${fields[$((field - 3))]}"
+}
+
+process_alive() {
+    local state
+    state="$(proc_stat_field "$1" 3)" || return 1
+    [[ "$state" != "Z" && "$state" != "X" ]]
+}
+
+process_cmdline() {
+    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | cut -c 1-160
+}
+
+pid_file() {
+    printf '%s/%s.pid\n' "$RUN_DIR" "$1"
+}
+
+# Print the pid of SERVICE if its pid file names a live process. The file stores the pid
+# and the process start time (field 22 of /proc/PID/stat), so a reused pid is not
+# mistaken for the service.
+service_pid() {
+    local file pid start_time
+    file="$(pid_file "$1")"
+    [[ -f "$file" ]] || return 1
+    read -r pid start_time <"$file" || return 1
+    [[ -n "$pid" && -n "$start_time" ]] || return 1
+    process_alive "$pid" || return 1
+    [[ "$(proc_stat_field "$pid" 22)" == "$start_time" ]] || return 1
+    printf '%s\n' "$pid"
+}
+
+# Print the pids of all live (non-zombie) processes in session SID.
+session_members() {
+    ps -s "$1" -o pid= -o stat= 2>/dev/null | awk '$2 !~ /^Z/ { print $1 }' || true
+}
+
+# Print this script's pid and the pids of all its ancestors. The sweep in stop skips
+# them, because a shell that sourced env.sh has LOOPLINE_HOME in its environment too.
+own_lineage() {
+    local pid=$$
+    while [[ -n "$pid" && "$pid" != "0" ]]; do
+        printf '%s\n' "$pid"
+        pid="$(proc_stat_field "$pid" 4 2>/dev/null)" || break
+    done
+}
+
+# Print the pids of processes that belong to this LOOPLINE_HOME but are not tracked by a
+# pid file: children of a service whose leader has exited (LocalExecutor workers, task
+# processes, uvicorn workers) and services started by hand. A process qualifies if it
+# carries MARKER, or if LOOPLINE_HOME appears in its environment or command line and the
+# command runs airflow, mlflow, gunicorn, uvicorn or loopline. The second test keeps
+# shells, editors and `tail -f` of a log file out.
+stray_processes() {
+    local -A skip=()
+    local pid file
+    while read -r pid; do
+        skip[$pid]=1
+    done < <(own_lineage)
+
+    local -A found=()
+    while read -r file; do
+        pid="${file#/proc/}"
+        found[${pid%/environ}]=1
+    done < <(grep -lzxF "$MARKER" /proc/[0-9]*/environ 2>/dev/null || true)
+
+    local service_pattern='(^|[ /])(airflow|mlflow|gunicorn|uvicorn|loopline)( |:|$)'
+    while read -r file; do
+        pid="${file#/proc/}"
+        pid="${pid%/*}"
+        if [[ "$(process_cmdline "$pid")" =~ $service_pattern ]]; then
+            found[$pid]=1
+        fi
+    done < <(
+        grep -lzxF "LOOPLINE_HOME=$LOOPLINE_HOME" /proc/[0-9]*/environ 2>/dev/null || true
+        grep -lzF "$LOOPLINE_HOME" /proc/[0-9]*/cmdline 2>/dev/null || true
+    )
+
+    for pid in "${!found[@]}"; do
+        if [[ -z "${skip[$pid]:-}" ]] && process_alive "$pid"; then
+            printf '%s\n' "$pid"
+        fi
+    done
+}
+
+# --- Service definitions ---------------------------------------------------------------
+
+# Set the global array COMMAND to the command line of SERVICE.
+set_command() {
+    case "$1" in
+        mlflow)
+            COMMAND=(mlflow server
+                --host 127.0.0.1 --port "$LOOPLINE_MLFLOW_PORT" --workers 1
+                --backend-store-uri "sqlite:///$LOOPLINE_HOME/mlflow/mlflow.db"
+                --serve-artifacts --artifacts-destination "$LOOPLINE_HOME/mlflow/artifacts")
+            ;;
+        airflow-api-server)
+            COMMAND=(airflow api-server --host 127.0.0.1 --port "$LOOPLINE_AIRFLOW_PORT" --workers 1)
+            ;;
+        # --skip-serve-logs: the log server would listen on 0.0.0.0:8793 (8794 for the
+        # triggerer). Task logs are files under $AIRFLOW_HOME/logs on this machine, and the
+        # API server reads them from there.
+        airflow-scheduler) COMMAND=(airflow scheduler --skip-serve-logs) ;;
+        airflow-dag-processor) COMMAND=(airflow dag-processor) ;;
+        airflow-triggerer) COMMAND=(airflow triggerer --skip-serve-logs) ;;
+        model-server)
+            COMMAND=(loopline serve --host 127.0.0.1 --port "$LOOPLINE_SERVER_PORT")
+            ;;
+        *)
+            echo "error: unknown service '$1'" >&2
+            return 1
+            ;;
+    esac
+}
+
+service_url() {
+    case "$1" in
+        mlflow) echo "$MLFLOW_URL" ;;
+        airflow-api-server) echo "$AIRFLOW_URL" ;;
+        model-server) echo "$MODEL_SERVER_URL" ;;
+        *) echo "-" ;;
+    esac
+}
+
+service_port() {
+    case "$1" in
+        mlflow) echo "$LOOPLINE_MLFLOW_PORT" ;;
+        airflow-api-server) echo "$LOOPLINE_AIRFLOW_PORT" ;;
+        model-server) echo "$LOOPLINE_SERVER_PORT" ;;
+    esac
+}
+
+# The model server's CLI comes from the loopline package. Until its `cli` module exists
+# and the package is installed in the venv, the model server is skipped, not failed.
+loopline_cli_available() {
+    [[ -x "$REPO/.venv/bin/loopline" ]] && "$REPO/.venv/bin/python" -c 'import loopline.cli' >/dev/null 2>&1
+}
+
+# --- start -----------------------------------------------------------------------------
+
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+print_log_tail() {
+    local log="$LOG_DIR/$1.log"
+    echo "--- last 30 lines of $log ---" >&2
+    tail -n 30 "$log" >&2 || true
+    echo "--- end of $log ---" >&2
+}
+
+migrate_airflow_db() {
+    local log="$LOG_DIR/airflow-db-migrate.log"
+    echo "migrating the Airflow metadata database ($AIRFLOW__DATABASE__SQL_ALCHEMY_CONN) ..."
+    if ! airflow db migrate >"$log" 2>&1; then
+        echo "error: airflow db migrate failed" >&2
+        echo "--- last 30 lines of $log ---" >&2
+        tail -n 30 "$log" >&2
+        return 1
+    fi
+}
+
+# Launch SERVICE in its own session, so that stop can signal its whole process group.
+launch() {
+    local name="$1" log="$LOG_DIR/$1.log" pid port
+    set_command "$name"
+
+    port="$(service_port "$name")"
+    if [[ -n "$port" ]] && port_in_use "$port"; then
+        echo "error: cannot start $name: port $port on 127.0.0.1 is already in use by a process" \
+            "that has no pid file under $RUN_DIR. Stop that process, or choose another port" \
+            "with the matching LOOPLINE_*_PORT variable." >&2
+        return 1
+    fi
+
+    printf '\n=== %s: starting: %s\n' "$(date -Is)" "${COMMAND[*]}" >>"$log"
+    # In a non-interactive shell a background job is not a process group leader, so
+    # setsid(1) calls setsid(2) without forking and $! is the service's own pid.
+    setsid env "$MARKER" "${COMMAND[@]}" </dev/null >>"$log" 2>&1 &
+    pid=$!
+    printf '%s %s\n' "$pid" "$(proc_stat_field "$pid" 22)" >"$(pid_file "$name")"
+    echo "started $name (pid $pid, log $log)"
+}
+
+# Wait until URL returns a 2xx status, while SERVICE is still alive.
+wait_for_http() {
+    local name="$1" label="$2" url="$3" deadline=$((SECONDS + START_TIMEOUT))
+    echo "waiting for $label on $url ..."
+    while ! curl -fsS -o /dev/null --max-time 5 "$url" 2>/dev/null; do
+        if ! service_pid "$name" >/dev/null; then
+            echo "error: $name exited before $url returned a 2xx status" >&2
+            print_log_tail "$name"
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "error: timed out after ${START_TIMEOUT}s waiting for $url" >&2
+            print_log_tail "$name"
+            return 1
+        fi
+        sleep 1
+    done
+}
+
+# Print the status ("healthy", "unhealthy" or "null") of COMPONENT in the JSON body of
+# Airflow's /api/v2/monitor/health.
+airflow_component_status() {
+    curl -fsS --max-time 5 "$AIRFLOW_URL/api/v2/monitor/health" 2>/dev/null |
+        python3 -c 'import json, sys; print((json.load(sys.stdin).get(sys.argv[1]) or {}).get("status"))' "$1" 2>/dev/null
+}
+
+# Wait until the API server reports a recent heartbeat of the scheduler, dag-processor
+# or triggerer. Airflow treats a heartbeat older than its health check threshold as
+# unhealthy.
+wait_for_airflow_component() {
+    local name="$1" component="$2" deadline=$((SECONDS + START_TIMEOUT))
+    echo "waiting for $name heartbeat in $AIRFLOW_URL/api/v2/monitor/health ..."
+    while [[ "$(airflow_component_status "$component")" != "healthy" ]]; do
+        if ! service_pid "$name" >/dev/null; then
+            echo "error: $name exited during startup" >&2
+            print_log_tail "$name"
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "error: timed out after ${START_TIMEOUT}s waiting for a $component heartbeat" >&2
+            print_log_tail "$name"
+            return 1
+        fi
+        sleep 1
+    done
+}
+
+wait_until_ready() {
+    case "$1" in
+        mlflow) wait_for_http mlflow "MLflow tracking server" "$MLFLOW_URL/health" ;;
+        airflow-api-server) wait_for_http airflow-api-server "airflow api-server" "$AIRFLOW_URL/api/v2/monitor/health" ;;
+        airflow-scheduler) wait_for_airflow_component airflow-scheduler scheduler ;;
+        airflow-dag-processor) wait_for_airflow_component airflow-dag-processor dag_processor ;;
+        airflow-triggerer) wait_for_airflow_component airflow-triggerer triggerer ;;
+        model-server) wait_for_http model-server "model server" "$MODEL_SERVER_URL/health" ;;
+    esac
+}
+
+start_services() {
+    mkdir -p "$RUN_DIR" "$LOG_DIR" "$LOOPLINE_HOME/mlflow/artifacts"
+
+    local name pid need_migrate=false
+    for name in "${AIRFLOW_SERVICES[@]}"; do
+        service_pid "$name" >/dev/null || need_migrate=true
+    done
+    if [[ "$need_migrate" == true ]]; then
+        migrate_airflow_db
+    fi
+
+    local -a to_wait=()
+    for name in "${SERVICES[@]}"; do
+        if pid="$(service_pid "$name")"; then
+            echo "$name is already running (pid $pid)"
+            continue
+        fi
+        if [[ "$name" == model-server ]] && ! loopline_cli_available; then
+            echo "model-server: skipped: the loopline CLI is not importable from $REPO/.venv" \
+                "(.venv/bin/loopline missing or 'import loopline.cli' failed)." \
+                "Run 'make venv' once include/loopline/cli.py exists."
+            continue
+        fi
+        launch "$name"
+        to_wait+=("$name")
+    done
+
+    # Services already running are checked too, so that start fails if one of them is not
+    # responding.
+    for name in "${SERVICES[@]}"; do
+        if service_pid "$name" >/dev/null; then
+            wait_until_ready "$name"
+        fi
+    done
+
+    echo
+    show_status
+    echo
+    echo "Airflow UI: $AIRFLOW_URL (user admin). The API server writes the password on its"
+    echo "first start to $AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
+}
+
+# --- stop ------------------------------------------------------------------------------
+
+stop_services() {
+    mkdir -p "$RUN_DIR"
+    local -a sessions=()
+    local name pid index
+
+    # Signal in the reverse of the start order, so that MLflow stops last.
+    for ((index = ${#SERVICES[@]} - 1; index >= 0; index--)); do
+        name="${SERVICES[$index]}"
+        if pid="$(service_pid "$name")"; then
+            echo "stopping $name (pid $pid): SIGTERM to process group $pid"
+            kill -TERM -- "-$pid" 2>/dev/null || true
+            sessions+=("$pid")
+        else
+            echo "$name is not running"
+        fi
+        rm -f "$(pid_file "$name")"
+    done
+
+    # Processes that moved to their own process group (Airflow runs each task in one)
+    # stay in the service's session, so the session is what is waited for.
+    local deadline=$((SECONDS + STOP_TIMEOUT)) remaining
+    while :; do
+        remaining=""
+        for pid in "${sessions[@]}"; do
+            remaining+="$(session_members "$pid")"
+        done
+        [[ -z "$remaining" ]] && break
+        if ((SECONDS >= deadline)); then
+            for pid in "${sessions[@]}"; do
+                while read -r member; do
+                    [[ -n "$member" ]] || continue
+                    echo "still running after ${STOP_TIMEOUT}s, sending SIGKILL: pid $member: $(process_cmdline "$member")"
+                    kill -KILL "$member" 2>/dev/null || true
+                done < <(session_members "$pid")
+            done
+            break
+        fi
+        sleep 0.5
+    done
+
+    kill_strays
+}
+
+kill_strays() {
+    local -a strays=()
+    local pid
+    mapfile -t strays < <(stray_processes)
+    if ((${#strays[@]} == 0)); then
+        echo "no leftover processes of $LOOPLINE_HOME"
+        return 0
+    fi
+
+    for pid in "${strays[@]}"; do
+        echo "stopping leftover process $pid: $(process_cmdline "$pid")"
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    local deadline=$((SECONDS + 10))
+    while ((SECONDS < deadline)); do
+        local alive=false
+        for pid in "${strays[@]}"; do
+            process_alive "$pid" && alive=true
+        done
+        [[ "$alive" == false ]] && return 0
+        sleep 0.5
+    done
+    for pid in "${strays[@]}"; do
+        if process_alive "$pid"; then
+            echo "sending SIGKILL to leftover process $pid"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+}
+
+# --- status ----------------------------------------------------------------------------
+
+show_status() {
+    local name pid state note
+    for name in "${SERVICES[@]}"; do
+        note=""
+        if pid="$(service_pid "$name")"; then
+            state="running"
+        else
+            pid="-"
+            state="stopped"
+            if [[ "$name" == model-server ]] && ! loopline_cli_available; then
+                note=" (loopline CLI not installed)"
+            fi
+        fi
+        printf '%-22s %-8s pid %-8s %s%s\n' "$name" "$state" "$pid" "$(service_url "$name")" "$note"
+    done
+}
+
+# --- main ------------------------------------------------------------------------------
+
+# Hold an exclusive lock for the rest of this script, so that only one start or stop runs
+# at a time on one LOOPLINE_HOME.
+lock_state() {
+    mkdir -p "$RUN_DIR"
+    exec 9>"$RUN_DIR/services.lock"
+    if ! flock -w 300 9; then
+        echo "error: timed out after 300s waiting for another start or stop on $LOOPLINE_HOME" >&2
+        return 1
+    fi
+}
+
+main() {
+    if (($# != 1)); then
+        echo "usage: $0 start|stop|status" >&2
+        return 2
+    fi
+
+    case "$1" in
+        start | stop) lock_state ;;
+    esac
+
+    case "$1" in
+        start) start_services ;;
+        stop) stop_services ;;
+        status) show_status ;;
+        *)
+            echo "usage: $0 start|stop|status" >&2
+            return 2
+            ;;
+    esac
+}
+
+main "$@"
