@@ -21,7 +21,6 @@ STOP_TIMEOUT=30
 
 # Start order. MLflow comes first because tasks and the model server log to it.
 SERVICES=(mlflow airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer model-server)
-AIRFLOW_SERVICES=(airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer)
 
 AIRFLOW_URL="http://127.0.0.1:$LOOPLINE_AIRFLOW_PORT"
 MLFLOW_URL="http://127.0.0.1:$LOOPLINE_MLFLOW_PORT"
@@ -50,8 +49,15 @@ process_alive() {
     [[ "$state" != "Z" && "$state" != "X" ]]
 }
 
+# Print the first 160 characters of the command line of PID, or nothing if PID has exited.
 process_cmdline() {
-    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | cut -c 1-160
+    local -a args
+    local line
+    mapfile -d '' -t args 2>/dev/null <"/proc/$1/cmdline" || return 0
+    line="${args[*]}"
+    # Titles set with setproctitle are padded with spaces.
+    line="${line%"${line##*[![:space:]]}"}"
+    printf '%s\n' "${line:0:160}"
 }
 
 pid_file() {
@@ -131,7 +137,9 @@ stray_processes() {
 set_command() {
     case "$1" in
         mlflow)
-            COMMAND=(mlflow server
+            # The server's job runner starts 8 more Python processes for GenAI features
+            # (scorers, prompt optimization, GenAI evaluation) that Loopline does not use.
+            COMMAND=(env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server
                 --host 127.0.0.1 --port "$LOOPLINE_MLFLOW_PORT" --workers 1
                 --backend-store-uri "sqlite:///$LOOPLINE_HOME/mlflow/mlflow.db"
                 --serve-artifacts --artifacts-destination "$LOOPLINE_HOME/mlflow/artifacts")
@@ -184,11 +192,13 @@ port_in_use() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# Print the end of SERVICE's log after a failed start, and how to clean up.
 print_log_tail() {
     local log="$LOG_DIR/$1.log"
     echo "--- last 30 lines of $log ---" >&2
     tail -n 30 "$log" >&2 || true
     echo "--- end of $log ---" >&2
+    echo "The other services keep running; '$0 stop' stops them." >&2
 }
 
 migrate_airflow_db() {
@@ -204,21 +214,14 @@ migrate_airflow_db() {
 
 # Launch SERVICE in its own session, so that stop can signal its whole process group.
 launch() {
-    local name="$1" log="$LOG_DIR/$1.log" pid port
+    local name="$1" log="$LOG_DIR/$1.log" pid
     set_command "$name"
-
-    port="$(service_port "$name")"
-    if [[ -n "$port" ]] && port_in_use "$port"; then
-        echo "error: cannot start $name: port $port on 127.0.0.1 is already in use by a process" \
-            "that has no pid file under $RUN_DIR. Stop that process, or choose another port" \
-            "with the matching LOOPLINE_*_PORT variable." >&2
-        return 1
-    fi
 
     printf '\n=== %s: starting: %s\n' "$(date -Is)" "${COMMAND[*]}" >>"$log"
     # In a non-interactive shell a background job is not a process group leader, so
     # setsid(1) calls setsid(2) without forking and $! is the service's own pid.
-    setsid env "$MARKER" "${COMMAND[@]}" </dev/null >>"$log" 2>&1 &
+    # File descriptor 9 holds the lock of lock_state and must not stay open in a service.
+    setsid env "$MARKER" "${COMMAND[@]}" </dev/null >>"$log" 2>&1 9>&- &
     pid=$!
     printf '%s %s\n' "$pid" "$(proc_stat_field "$pid" 22)" >"$(pid_file "$name")"
     echo "started $name (pid $pid, log $log)"
@@ -285,15 +288,8 @@ wait_until_ready() {
 start_services() {
     mkdir -p "$RUN_DIR" "$LOG_DIR" "$LOOPLINE_HOME/mlflow/artifacts"
 
-    local name pid need_migrate=false
-    for name in "${AIRFLOW_SERVICES[@]}"; do
-        service_pid "$name" >/dev/null || need_migrate=true
-    done
-    if [[ "$need_migrate" == true ]]; then
-        migrate_airflow_db
-    fi
-
-    local -a to_wait=()
+    local name pid port need_migrate=false
+    local -a to_start=()
     for name in "${SERVICES[@]}"; do
         if pid="$(service_pid "$name")"; then
             echo "$name is already running (pid $pid)"
@@ -305,8 +301,21 @@ start_services() {
                 "Run 'make venv' once include/loopline/cli.py exists."
             continue
         fi
+        port="$(service_port "$name")"
+        if [[ -n "$port" ]] && port_in_use "$port"; then
+            echo "error: cannot start $name: another process already listens on 127.0.0.1:$port." \
+                "Stop it, or choose another port with the matching LOOPLINE_*_PORT variable." >&2
+            return 1
+        fi
+        to_start+=("$name")
+        [[ "$name" == airflow-* ]] && need_migrate=true
+    done
+
+    if [[ "$need_migrate" == true ]]; then
+        migrate_airflow_db
+    fi
+    for name in "${to_start[@]}"; do
         launch "$name"
-        to_wait+=("$name")
     done
 
     # Services already running are checked too, so that start fails if one of them is not
@@ -316,6 +325,10 @@ start_services() {
             wait_until_ready "$name"
         fi
     done
+    # Airflow creates the passwords file with mode 644.
+    if [[ -f "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" ]]; then
+        chmod 600 "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
+    fi
 
     echo
     show_status
@@ -335,8 +348,18 @@ stop_services() {
     for ((index = ${#SERVICES[@]} - 1; index >= 0; index--)); do
         name="${SERVICES[$index]}"
         if pid="$(service_pid "$name")"; then
-            echo "stopping $name (pid $pid): SIGTERM to process group $pid"
-            kill -TERM -- "-$pid" 2>/dev/null || true
+            if [[ "$name" == airflow-scheduler ]]; then
+                # The scheduler's LocalExecutor workers share one multiprocessing queue.
+                # A worker killed by SIGTERM while it holds the queue's lock leaves the
+                # others blocked, and the scheduler then waits for them forever
+                # (seen with Airflow 3.3.2). Only the scheduler gets SIGTERM, and it ends
+                # its workers through the queue.
+                echo "stopping $name (pid $pid): SIGTERM to pid $pid"
+                kill -TERM "$pid" 2>/dev/null || true
+            else
+                echo "stopping $name (pid $pid): SIGTERM to process group $pid"
+                kill -TERM -- "-$pid" 2>/dev/null || true
+            fi
             sessions+=("$pid")
         else
             echo "$name is not running"

@@ -223,6 +223,7 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
             signature=modeling.model_signature(config),
             input_example=x_train.head(3),
             skops_trusted_types=modeling.SKOPS_TRUSTED_TYPES,
+            pip_requirements=modeling.pip_requirements(),
         )
         run_id = run.info.run_id
 

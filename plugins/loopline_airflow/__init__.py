@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 # carries the partition date and row counts. The training DAG is scheduled on it.
 FEATURES_ASSET = Asset(name="loopline_flight_features", uri="loopline://feature-store/flights/v1", group="feature-store")
 
+# The first flight date of the bundled data set; no labels exist before it.
+FIRST_LABEL_DAY = dt.date(2013, 1, 1)
+
 DEFAULT_ARGS = {
     "owner": "loopline",
     "retries": 2,
@@ -57,7 +60,10 @@ def config():
 
 
 class ScoringBatchSensor(BaseSensorOperator):
-    """Wait until the monitoring store records the batch scoring of the run's data day.
+    """Wait until the day's batch scoring and the labels due that day are in the store.
+
+    Labels of the flights ``source.label_delay_days`` before the data day arrive on it;
+    waiting for them keeps the quality metrics of a day the same on every rerun.
 
     Runs in reschedule mode by default, so it frees its worker slot between pokes; the
     ``timeout`` counts from the first poke.
@@ -78,7 +84,14 @@ class ScoringBatchSensor(BaseSensorOperator):
             logger.info("no scoring record for %s yet", day)
             return False
         logger.info("scoring record for %s: %s, %s rows, model version %s", day, batch["status"], batch["rows"], batch["model_version"])
-        return True
+
+        settings = config()
+        flight_day = day - dt.timedelta(days=settings.source.label_delay_days)
+        if flight_day < FIRST_LABEL_DAY:
+            return True
+        arrived = store.labels_arrived(store.get_engine(), flight_day)
+        logger.info("labels of %s in the store: %d", flight_day, arrived)
+        return arrived > 0
 
 
 class FeaturePartitionSensor(BaseSensorOperator):

@@ -2,7 +2,8 @@
 
 For one data interval the check computes the PSI of each numerical feature against the
 reference profile logged with the model version that scored the day, and the log loss and
-ROC AUC of the batch predictions whose labels have arrived in the trailing quality window.
+ROC AUC of the batch predictions of the trailing quality window (the days before the
+day) whose labels had arrived by the day.
 Each rule of the config compares one metric with its threshold; a metric without a value
 (too few rows, no labels yet, NaN) never fires a rule. A fired rule with action
 ``retrain`` asks for a retrain unless another request was made within the cooldown,
@@ -59,8 +60,10 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
         for result in drift.feature_psi(profile, features, monitoring.psi_epsilon, monitoring.min_rows)
     ]
 
-    quality_start = day - dt.timedelta(days=monitoring.quality_window_days - 1)
-    labelled = monitoring_store.labelled_predictions(engine, quality_start, day + dt.timedelta(days=1))
+    # Labels arrive days after the flights, so quality covers the trailing window before
+    # the day, with the labels that had arrived by the day itself.
+    quality_start = day - dt.timedelta(days=monitoring.quality_window_days)
+    labelled = monitoring_store.labelled_predictions(engine, quality_start, day, arrived_by=day)
     if len(labelled) >= monitoring.min_rows:
         quality = metrics.quality_summary([row["delayed"] for row in labelled], [row["probability"] for row in labelled])
         for name in ("log_loss", "roc_auc", "positive_rate", "mean_probability"):

@@ -26,7 +26,8 @@ predictions = sa.Table(
     "predictions",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("flight_id", sa.String(64), nullable=False),
+    # Null for an online request that named no flight.
+    sa.Column("flight_id", sa.String(64), nullable=True),
     # The data interval the scored row belongs to (YYYY-MM-DD); null for online requests
     # that did not name one.
     sa.Column("partition_date", sa.String(10), nullable=True, index=True),
@@ -224,8 +225,12 @@ def batch_predictions(engine: Engine, day: dt.date) -> list[dict[str, Any]]:
         return [dict(row) for row in connection.execute(query).mappings()]
 
 
-def labelled_predictions(engine: Engine, start: dt.date, end: dt.date) -> list[dict[str, Any]]:
-    """Return batch predictions of days in ``[start, end)`` whose labels have arrived."""
+def labelled_predictions(engine: Engine, start: dt.date, end: dt.date, arrived_by: dt.date) -> list[dict[str, Any]]:
+    """Return batch predictions of days in ``[start, end)`` whose labels arrived by ``arrived_by``.
+
+    The arrival cutoff makes the result depend only on the data day, not on when the
+    query runs, so a rerun computes the same quality metrics.
+    """
     query = (
         sa.select(
             predictions.c.flight_id,
@@ -239,6 +244,7 @@ def labelled_predictions(engine: Engine, start: dt.date, end: dt.date) -> list[d
             predictions.c.source == "batch",
             predictions.c.partition_date >= start.isoformat(),
             predictions.c.partition_date < end.isoformat(),
+            labels.c.arrived_date <= arrived_by.isoformat(),
         )
         .order_by(predictions.c.partition_date, predictions.c.flight_id)
     )

@@ -66,7 +66,26 @@ MAX_FLIGHT_ID_LENGTH = 64
 # produce an even larger error body.
 MAX_REPORTED_ERRORS = 50
 
-# A version that failed to load is retried after this delay, or at once when the alias moves.
+# The /predict body in the OpenAPI document. The endpoint reads the raw body itself, so that
+# parsing is timed as preprocessing and errors name the record index.
+_PREDICT_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"type": "object", "description": "one record: every model input field, null allowed"},
+                        {"type": "array", "items": {"type": "object"}, "minItems": 1},
+                    ]
+                }
+            }
+        },
+    }
+}
+
+# A version that failed to load is not retried for this long. A different version that the
+# alias moves to loads at the next poll.
 FAILED_VERSION_RETRY_SECONDS = 300.0
 
 
@@ -207,7 +226,7 @@ def _score(pipeline: Pipeline, records: list[dict[str, Any]]) -> tuple[Any, floa
 
 
 class RequestValidationFailed(ValueError):
-    """The request body does not match the model signature; ``errors`` is the 422 detail."""
+    """The request body does not match the model signature. ``errors`` is the 422 detail."""
 
     def __init__(self, errors: list[dict[str, Any]], records: int = 0):
         super().__init__(f"{len(errors)} invalid value(s) in the request")
@@ -280,16 +299,16 @@ def parse_request(body: bytes, inputs: Sequence[InputColumn]) -> ParsedRequest:
         records.append(_record_values(raw, index, inputs, errors))
 
     if errors:
-        shown = errors[:MAX_REPORTED_ERRORS]
+        reported = errors[:MAX_REPORTED_ERRORS]
         if len(errors) > MAX_REPORTED_ERRORS:
-            shown.append(
+            reported.append(
                 {
                     "type": "too_many_errors",
                     "loc": ["body"],
                     "msg": f"{len(errors) - MAX_REPORTED_ERRORS} more invalid values are not listed",
                 }
             )
-        raise RequestValidationFailed(shown, records=len(payload))
+        raise RequestValidationFailed(reported, records=len(payload))
     return ParsedRequest(records=records, flight_ids=flight_ids, ignored_fields=ignored_fields)
 
 
@@ -408,7 +427,7 @@ class LogEntry:
 
 
 class _RateLimitedWarning:
-    """Log a repeated warning at most once per interval, with the count of suppressed repeats."""
+    """A warning logged at most once per interval, with the count of repeats suppressed in between."""
 
     def __init__(self, interval_seconds: float = 60.0):
         self._interval = interval_seconds
@@ -431,12 +450,12 @@ class _RateLimitedWarning:
 
 
 class MonitoringLog:
-    """Writes online predictions and request timings to the monitoring store off the request path.
+    """Writer of online predictions and request timings to the monitoring store, off the request path.
 
     ``submit`` never blocks: it puts one ``LogEntry`` per request on a bounded queue, and one
     background thread writes the entries in batches. When the queue is full or a write
     fails, the rows are dropped and counted in ``dropped_records``, and a rate-limited
-    warning is logged. ``stop`` writes what is still queued before it returns.
+    warning is logged. ``stop`` writes what is still queued, waiting at most its timeout.
     """
 
     def __init__(
@@ -574,7 +593,7 @@ class MonitoringLog:
 
 
 class ModelServer:
-    """Serves the version that the alias points to and swaps in a new one when the alias moves.
+    """Server state: the loaded version of the alias, its poller and the monitoring log.
 
     ``refresh`` polls the alias once: the background poller calls it every ``poll_seconds``,
     and tests or operators may call it directly. A version that fails to load leaves the
@@ -602,7 +621,7 @@ class ModelServer:
         self.startup_wait_seconds = startup_wait_seconds
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
-        # Replaced by one assignment, never mutated; see LoadedModel.
+        # Replaced by one assignment and never mutated (see LoadedModel).
         self._model: LoadedModel | None = None
         self._unavailable_reason = f"the server has not polled the registry for model {model_name!r} yet"
         self._refresh_lock = threading.Lock()
@@ -627,7 +646,7 @@ class ModelServer:
         """Start the monitoring writer and the poller, and wait for the first poll.
 
         The first poll runs in the poller thread, and the wait ends after
-        ``startup_wait_seconds`` even if the registry has not answered. The server then
+        ``startup_wait_seconds`` even if the registry call has not returned. The server then
         starts without a model and ``/ready`` returns 503 until a poll loads one.
         """
         self.monitoring.start()
@@ -671,7 +690,7 @@ class ModelServer:
     # -- alias polling -------------------------------------------------------------------
 
     def refresh(self) -> LoadedModel | None:
-        """Poll the alias once and load its version when it differs; return the serving model.
+        """Poll the alias once, load its version when it differs and return the serving model.
 
         Registry and load errors are logged, never raised, because the current version
         keeps serving.
@@ -719,8 +738,8 @@ class ModelServer:
         except Exception as error:
             self._failed_versions[version] = time.monotonic()
             logger.error(
-                "loading version %s of %s failed, so version %s keeps serving; retrying in %.0f s or "
-                "when the alias moves: %s",
+                "loading version %s of %s failed, so version %s keeps serving; the version is "
+                "retried in %.0f s: %s",
                 version,
                 self.model_name,
                 previous or "none (no model)",
@@ -850,9 +869,7 @@ class ModelServer:
     ) -> None:
         prediction_rows = [
             {
-                # NOTE: the store's flight_id column is NOT NULL, so a record sent without a
-                # flight_id is logged with an empty string.
-                "flight_id": prediction["flight_id"] or "",
+                "flight_id": prediction["flight_id"],
                 "model_version": model.version,
                 "probability": prediction["probability"],
                 "decision": prediction["delayed"],
@@ -911,7 +928,7 @@ def create_app(
     poll_seconds: float = 10.0,
     log_queue_size: int = DEFAULT_LOG_QUEUE_SIZE,
 ) -> FastAPI:
-    """Build the serving app; its lifespan starts and stops the poller and the monitoring writer.
+    """Build the serving app, whose lifespan starts and stops the poller and the monitoring writer.
 
     Defaults: the model name from the config (or ``LOOPLINE_MODEL_NAME``), the tracking URI
     from ``LOOPLINE_MLFLOW_TRACKING_URI`` and the store from ``LOOPLINE_MONITORING_DB_URL``.
@@ -946,11 +963,12 @@ def create_app(
     app = FastAPI(title="Loopline model server", lifespan=lifespan)
     app.state.server = server
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra=_PREDICT_OPENAPI)
     async def predict(request: Request) -> JSONResponse:
         """Score one JSON record or a list of records with the champion model."""
         body = await request.body()
-        # Parsing and scoring are CPU work; a worker thread keeps the event loop free for /health.
+        # Parsing and scoring are CPU work, so a worker thread runs them and the event loop stays
+        # free for /health.
         return await run_in_threadpool(server.predict, body)
 
     @app.get("/health")

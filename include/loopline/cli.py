@@ -1,0 +1,84 @@
+"""The ``loopline`` command: demo, serve, rollback and summary."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid date {text!r}; use YYYY-MM-DD, e.g. 2013-01-28") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from loopline import demo
+
+    parser = argparse.ArgumentParser(prog="loopline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run_demo = commands.add_parser("demo", help="run the loop over a window of 2013 through Airflow backfills")
+    run_demo.add_argument("--start", type=_date, default=demo.DEFAULT_HISTORY_START, help="first day of history (default: %(default)s)")
+    run_demo.add_argument("--live-start", type=_date, default=demo.DEFAULT_LIVE_START, help="first scored and monitored day (default: %(default)s)")
+    run_demo.add_argument("--end", type=_date, default=demo.DEFAULT_END, help="last day, included (default: %(default)s)")
+    run_demo.add_argument("--timeout", type=float, default=1500, help="maximum wait per phase, in seconds (default: %(default)s)")
+
+    serve = commands.add_parser("serve", help="start the model server for models:/<name>@champion")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    serve.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check the alias, in seconds (default: %(default)s)")
+
+    rollback = commands.add_parser("rollback", help="move @champion back to the version it replaced")
+    rollback.add_argument("--reason", required=True, help="why, recorded in the audit log and on the version")
+
+    commands.add_parser("summary", help="print the demo summary for the running services")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+
+    if args.command == "serve":
+        from loopline.serving.app import run
+
+        run(host=args.host, port=args.port, poll_seconds=args.poll_seconds)
+        return 0
+
+    if args.command == "rollback":
+        from loopline import registry
+        from loopline.config import cached_config
+
+        try:
+            result = registry.rollback(cached_config(), args.reason)
+        except registry.RollbackError as error:
+            print(f"rollback failed: {error}", file=sys.stderr)
+            return 1
+        print(json.dumps(result))
+        return 0
+
+    from loopline import demo
+
+    # The demo prints its own progress lines; library INFO logs would bury them.
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        if args.command == "demo":
+            summary = demo.run_demo(args.start, args.live_start, args.end, args.timeout)
+        else:
+            summary = demo.summarize(demo.AirflowApi(demo._airflow_url(), demo._password_file()))
+    except demo.DemoError as error:
+        print(f"demo failed: {error}", file=sys.stderr)
+        return 1
+    demo.print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""The demo: run the loop over a window of 2013 through Airflow backfills and summarise it.
+
+The services (Airflow, MLflow, the model server) must already run; ``make demo`` starts
+them first. The window has two phases, so that the first champion exists before the
+scored days begin, as in a real deployment:
+
+1. history: backfill the data pipeline; its asset events trigger training, which promotes
+   the first ``@champion`` once enough labelled days exist;
+2. live: backfill the data pipeline, batch scoring and monitoring over the following days;
+   monitoring alerts and re-triggers training where a rule fires.
+
+Progress is printed while it waits: the phase, and how many days of each DAG are done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loopline import settings
+
+logger = logging.getLogger(__name__)
+
+DATA_PIPELINE = "loopline_data_pipeline"
+TRAINING = "loopline_training"
+BATCH_SCORING = "loopline_batch_scoring"
+MONITORING = "loopline_monitoring"
+ALL_DAGS = (DATA_PIPELINE, TRAINING, BATCH_SCORING, MONITORING)
+
+# The default window: 17 days of history (the first champion needs training.min_days=14
+# labelled days) and 11 live days, 28 days in all.
+DEFAULT_HISTORY_START = dt.date(2013, 1, 1)
+DEFAULT_LIVE_START = dt.date(2013, 1, 18)
+DEFAULT_END = dt.date(2013, 1, 28)
+
+FINISHED = {"success", "failed"}
+POLL_SECONDS = 5
+
+
+class DemoError(RuntimeError):
+    """The demo cannot go on: a service is down, or a run failed."""
+
+
+class AirflowApi:
+    """A small client for the Airflow 3 REST API (v2) with the simple auth manager."""
+
+    def __init__(self, base_url: str, password_file: Path, username: str = "admin"):
+        self.base_url = base_url.rstrip("/")
+        self.password_file = password_file
+        self.username = username
+        self.client = httpx.Client(base_url=self.base_url, timeout=30)
+        self._token: str | None = None
+
+    def _login(self) -> None:
+        if not self.password_file.is_file():
+            raise DemoError(f"Airflow password file {self.password_file} not found; start the services with `make services`")
+        passwords = json.loads(self.password_file.read_text(encoding="utf-8"))
+        response = self.client.post(
+            "/auth/token", json={"username": self.username, "password": passwords[self.username]}
+        )
+        response.raise_for_status()
+        self._token = response.json()["access_token"]
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self._token is None:
+            self._login()
+        response = self.client.request(method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
+        if response.status_code == 401:
+            self._login()
+            response = self.client.request(method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
+        if response.status_code >= 400:
+            raise DemoError(f"Airflow API {method} {path} failed with {response.status_code}: {response.text[:300]}")
+        return response.json() if response.content else None
+
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 1000})["dag_runs"]
+
+
+def _airflow_url() -> str:
+    return f"http://127.0.0.1:{os.environ.get('LOOPLINE_AIRFLOW_PORT', '8080')}"
+
+
+def _password_file() -> Path:
+    airflow_home = Path(os.environ.get("AIRFLOW_HOME", settings.home() / "airflow"))
+    return airflow_home / "simple_auth_manager_passwords.json.generated"
+
+
+def _say(message: str) -> None:
+    stamp = dt.datetime.now().strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", flush=True)
+
+
+def wait_for_dags(api: AirflowApi, timeout: float = 300) -> None:
+    """Wait until the DAG processor has parsed every Loopline DAG, then unpause them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        known = {dag["dag_id"] for dag in api.request("GET", "/api/v2/dags", params={"limit": 100})["dags"]}
+        missing = [dag_id for dag_id in ALL_DAGS if dag_id not in known]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise DemoError(f"DAGs {missing} were not parsed within {timeout:.0f} s; see .loopline/logs/airflow-dag-processor.log")
+        _say(f"waiting for the DAG processor to parse {missing}")
+        time.sleep(POLL_SECONDS)
+    for dag_id in ALL_DAGS:
+        api.request("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+
+
+def backfill(api: AirflowApi, dag_id: str, first: dt.date, last: dt.date, max_active_runs: int) -> None:
+    """Create a backfill of ``dag_id`` over the logical dates ``first`` to ``last``, both included."""
+
+    def midnight(day: dt.date) -> str:
+        return dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc).isoformat()
+
+    api.request(
+        "POST",
+        "/api/v2/backfills",
+        json={
+            "dag_id": dag_id,
+            "from_date": midnight(first),
+            "to_date": midnight(last),
+            "max_active_runs": max_active_runs,
+            "reprocess_behavior": "completed",
+        },
+    )
+    _say(f"backfill created: {dag_id} {first} .. {last}")
+
+
+def _runs_in(api: AirflowApi, dag_id: str, first: dt.date, last: dt.date) -> list[dict[str, Any]]:
+    runs = []
+    for run in api.dag_runs(dag_id):
+        logical = run.get("logical_date")
+        if logical and first <= dt.date.fromisoformat(logical[:10]) <= last:
+            runs.append(run)
+    return runs
+
+
+def wait_for_days(api: AirflowApi, dag_ids: list[str], first: dt.date, last: dt.date, phase: str, timeout: float) -> None:
+    """Print progress until every day of ``dag_ids`` in the range has finished."""
+    days = (last - first).days + 1
+    deadline = time.monotonic() + timeout
+    while True:
+        parts = []
+        done_all = True
+        failed = []
+        for dag_id in dag_ids:
+            runs = _runs_in(api, dag_id, first, last)
+            done = sum(1 for run in runs if run["state"] == "success")
+            failed += [f"{dag_id} {run['logical_date'][:10]}" for run in runs if run["state"] == "failed"]
+            running = sum(1 for run in runs if run["state"] in ("running", "queued"))
+            parts.append(f"{dag_id.removeprefix('loopline_')} {done}/{days} days done, {running} running")
+            done_all &= sum(1 for run in runs if run["state"] in FINISHED) >= days
+        training = api.dag_runs(TRAINING)
+        trained = sum(1 for run in training if run["state"] in FINISHED)
+        parts.append(f"training runs finished {trained}/{len(training)}")
+        _say(f"{phase}: " + "; ".join(parts))
+        if failed:
+            raise DemoError(f"runs failed: {failed}; open the Airflow UI at {_airflow_url()} to read their task logs")
+        if done_all:
+            return
+        if time.monotonic() > deadline:
+            raise DemoError(f"{phase} did not finish within {timeout:.0f} s")
+        time.sleep(POLL_SECONDS)
+
+
+def wait_for_training(api: AirflowApi, timeout: float) -> None:
+    """Wait until no training run is queued or running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        active = [run for run in api.dag_runs(TRAINING) if run["state"] in ("queued", "running")]
+        if not active:
+            return
+        if time.monotonic() > deadline:
+            raise DemoError(f"training runs still active after {timeout:.0f} s: {[run['dag_run_id'] for run in active]}")
+        _say(f"training: waiting for {len(active)} run(s): {', '.join(run['dag_run_id'] for run in active)}")
+        time.sleep(POLL_SECONDS)
+
+
+def run_demo(history_start: dt.date, live_start: dt.date, end: dt.date, timeout: float = 1500) -> dict[str, Any]:
+    if not history_start < live_start <= end:
+        raise DemoError(f"need history start < live start <= end, got {history_start}, {live_start}, {end}")
+
+    api = AirflowApi(_airflow_url(), _password_file())
+    _say(f"window: history {history_start} .. {live_start - dt.timedelta(days=1)}, live {live_start} .. {end}")
+    wait_for_dags(api)
+
+    history_end = live_start - dt.timedelta(days=1)
+    _say("phase 1/2 (history): data pipeline; its asset events trigger training")
+    backfill(api, DATA_PIPELINE, history_start, history_end, max_active_runs=2)
+    wait_for_days(api, [DATA_PIPELINE], history_start, history_end, "history", timeout)
+    wait_for_training(api, timeout)
+
+    _say("phase 2/2 (live): data pipeline, batch scoring and monitoring")
+    backfill(api, DATA_PIPELINE, live_start, end, max_active_runs=2)
+    backfill(api, BATCH_SCORING, live_start, end, max_active_runs=2)
+    backfill(api, MONITORING, live_start, end, max_active_runs=1)
+    wait_for_days(api, [DATA_PIPELINE, BATCH_SCORING, MONITORING], live_start, end, "live", timeout)
+    wait_for_training(api, timeout)
+    return summarize(api)
+
+
+def summarize(api: AirflowApi) -> dict[str, Any]:
+    """Collect run states, the champion, alerts and retrains into one summary."""
+    from loopline import registry, tracking
+    from loopline.config import cached_config
+    from loopline.monitoring import store as monitoring_store
+
+    config = cached_config()
+    runs = {}
+    for dag_id in ALL_DAGS:
+        states: dict[str, int] = {}
+        for run in api.dag_runs(dag_id):
+            states[run["state"]] = states.get(run["state"], 0) + 1
+        runs[dag_id] = states
+
+    client = tracking.configure()
+    champion = registry.champion_version(client, config.model_name)
+    champion_summary = None
+    if champion is not None:
+        run_metrics = client.get_run(champion.run_id).data.metrics
+        champion_summary = {
+            "version": champion.version,
+            "holdout_log_loss": run_metrics.get("holdout_log_loss"),
+            "holdout_roc_auc": run_metrics.get("holdout_roc_auc"),
+            "run_id": champion.run_id,
+        }
+
+    engine = monitoring_store.get_engine()
+    counts = monitoring_store.table_counts(engine)
+    retrains = [run["dag_run_id"] for run in api.dag_runs(TRAINING) if run["dag_run_id"].startswith("retrain__")]
+    return {
+        "dag_runs": runs,
+        "champion": champion_summary,
+        "store": counts,
+        "retrain_runs": retrains,
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    airflow_port = os.environ.get("LOOPLINE_AIRFLOW_PORT", "8080")
+    mlflow_port = os.environ.get("LOOPLINE_MLFLOW_PORT", "5000")
+    server_port = os.environ.get("LOOPLINE_SERVER_PORT", "8000")
+    lines = ["", "Loopline demo summary", "====================="]
+    lines.append("DAG runs by state:")
+    for dag_id, states in summary["dag_runs"].items():
+        lines.append(f"  {dag_id:<26} " + ", ".join(f"{state}={count}" for state, count in sorted(states.items())))
+    champion = summary["champion"]
+    if champion:
+        roc_auc = champion["holdout_roc_auc"]
+        lines.append(
+            f"@champion: version {champion['version']}, holdout log loss {champion['holdout_log_loss']:.4f}, "
+            f"ROC AUC {roc_auc:.4f}" if roc_auc is not None else f"@champion: version {champion['version']}"
+        )
+    else:
+        lines.append("@champion: none (no training run has promoted a model yet)")
+    store = summary["store"]
+    lines.append(
+        f"monitoring store: {store['predictions']} predictions, {store['labels']} labels, "
+        f"{store['metric_values']} metric values, {store['alerts']} alerts raised, "
+        f"{store['retrain_requests']} retrain requests"
+    )
+    lines.append(f"retrains triggered by monitoring: {len(summary['retrain_runs'])} {summary['retrain_runs']}")
+    lines.append("Where to look:")
+    lines.append(f"  Airflow UI    http://127.0.0.1:{airflow_port}  (user admin, password in {_password_file()})")
+    lines.append(f"  MLflow UI     http://127.0.0.1:{mlflow_port}")
+    lines.append(f"  Model server  http://127.0.0.1:{server_port}  (POST /predict, GET /model, GET /ready)")
+    lines.append("Stop everything with `make stop`.")
+    print("\n".join(lines), flush=True)

