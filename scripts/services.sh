@@ -26,8 +26,11 @@ AIRFLOW_URL="http://127.0.0.1:$LOOPLINE_AIRFLOW_PORT"
 MLFLOW_URL="http://127.0.0.1:$LOOPLINE_MLFLOW_PORT"
 MODEL_SERVER_URL="http://127.0.0.1:$LOOPLINE_SERVER_PORT"
 
-# Every process started here, and every child it forks, inherits this variable, so stop
-# can find them even after their parent has died or a pid file was lost.
+# Every process started here, and every child it forks, inherits this variable and runs
+# in LOOPLINE_HOME as its working directory. Both let stop find processes whose parent
+# has died or whose pid file was lost. The variable alone is not enough: setproctitle,
+# which the Airflow API server and the LocalExecutor workers call, overwrites
+# /proc/PID/environ.
 MARKER="LOOPLINE_SERVICE_HOME=$LOOPLINE_HOME"
 
 # --- Process bookkeeping ---------------------------------------------------------------
@@ -96,12 +99,13 @@ own_lineage() {
 # Print the pids of processes that belong to this LOOPLINE_HOME but are not tracked by a
 # pid file: children of a service whose leader has exited (LocalExecutor workers, task
 # processes, uvicorn workers) and services started by hand. A process qualifies if it
-# carries MARKER, or if LOOPLINE_HOME appears in its environment or command line and the
-# command runs airflow, mlflow, gunicorn, uvicorn or loopline. The second test keeps
+# carries MARKER in its environment. It also qualifies if its command runs airflow,
+# mlflow, gunicorn, uvicorn or loopline and its working directory is LOOPLINE_HOME, or
+# LOOPLINE_HOME appears in its environment or command line. The command test keeps
 # shells, editors and `tail -f` of a log file out.
 stray_processes() {
     local -A skip=()
-    local pid file
+    local pid file dir
     while read -r pid; do
         skip[$pid]=1
     done < <(own_lineage)
@@ -112,17 +116,25 @@ stray_processes() {
         found[${pid%/environ}]=1
     done < <(grep -lzxF "$MARKER" /proc/[0-9]*/environ 2>/dev/null || true)
 
-    local service_pattern='(^|[ /])(airflow|mlflow|gunicorn|uvicorn|loopline)( |:|$)'
+    local -A candidates=()
+    for dir in /proc/[0-9]*; do
+        if [[ "$dir/cwd" -ef "$LOOPLINE_HOME" ]]; then
+            candidates[${dir#/proc/}]=1
+        fi
+    done
     while read -r file; do
         pid="${file#/proc/}"
-        pid="${pid%/*}"
-        if [[ "$(process_cmdline "$pid")" =~ $service_pattern ]]; then
-            found[$pid]=1
-        fi
+        candidates[${pid%/*}]=1
     done < <(
         grep -lzxF "LOOPLINE_HOME=$LOOPLINE_HOME" /proc/[0-9]*/environ 2>/dev/null || true
         grep -lzF "$LOOPLINE_HOME" /proc/[0-9]*/cmdline 2>/dev/null || true
     )
+    local service_pattern='(^|[ /])(airflow|mlflow|gunicorn|uvicorn|loopline)( |:|$)'
+    for pid in "${!candidates[@]}"; do
+        if [[ "$(process_cmdline "$pid")" =~ $service_pattern ]]; then
+            found[$pid]=1
+        fi
+    done
 
     for pid in "${!found[@]}"; do
         if [[ -z "${skip[$pid]:-}" ]] && process_alive "$pid"; then
@@ -221,7 +233,7 @@ launch() {
     # In a non-interactive shell a background job is not a process group leader, so
     # setsid(1) calls setsid(2) without forking and $! is the service's own pid.
     # File descriptor 9 holds the lock of lock_state and must not stay open in a service.
-    setsid env "$MARKER" "${COMMAND[@]}" </dev/null >>"$log" 2>&1 9>&- &
+    setsid env --chdir="$LOOPLINE_HOME" "$MARKER" "${COMMAND[@]}" </dev/null >>"$log" 2>&1 9>&- &
     pid=$!
     printf '%s %s\n' "$pid" "$(proc_stat_field "$pid" 22)" >"$(pid_file "$name")"
     echo "started $name (pid $pid, log $log)"
@@ -308,7 +320,9 @@ start_services() {
             return 1
         fi
         to_start+=("$name")
-        [[ "$name" == airflow-* ]] && need_migrate=true
+        if [[ "$name" == airflow-* ]]; then
+            need_migrate=true
+        fi
     done
 
     if [[ "$need_migrate" == true ]]; then

@@ -28,11 +28,11 @@ def _validated(y_true, probability) -> tuple[np.ndarray, np.ndarray]:
         raise MetricInputError(f"got {labels.size} labels but {scores.size} probabilities; pass one of each per row")
     if labels.size and not np.isin(labels, (0.0, 1.0)).all():
         bad = labels[~np.isin(labels, (0.0, 1.0))][0]
-        raise MetricInputError(f"labels must be 0 or 1, got {bad!r}")
+        raise MetricInputError(f"labels must be 0 or 1, got {float(bad)!r}")
     invalid = np.isnan(scores) | (scores < 0) | (scores > 1)
     if invalid.any():
         raise MetricInputError(
-            f"probabilities must lie in [0, 1], got {scores[invalid][0]!r} in {int(invalid.sum())} row(s)"
+            f"probabilities must lie in [0, 1], got {float(scores[invalid][0])!r} in {int(invalid.sum())} row(s)"
         )
     return labels, scores
 

@@ -1,0 +1,43 @@
+"""Log loss and ROC AUC conventions on one-class windows and certain predictions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from loopline import metrics
+
+
+def test_log_loss_one_class_certain_and_wrong():
+    """Probability 0 for three positives costs -ln(1e-15) each, never ~0 or an error."""
+    assert metrics.log_loss([1, 1, 1], [0.0, 0.0, 0.0]) == pytest.approx(34.5388, abs=1e-4)
+
+
+def test_log_loss_all_negative_window():
+    assert metrics.log_loss([0, 0, 0, 0], [0.1, 0.2, 0.05, 0.3]) == pytest.approx(0.1841, abs=1e-4)
+
+
+def test_log_loss_exact_zero_and_one_stay_finite():
+    assert metrics.log_loss([0, 1], [1.0, 1.0]) == pytest.approx(17.2698, abs=1e-4)
+    assert metrics.log_loss([0, 1, 1, 0], [0, 1, 0.8, 0.3]) == pytest.approx(0.14495, abs=1e-5)
+
+
+def test_log_loss_empty_window_is_nan():
+    assert math.isnan(metrics.log_loss([], []))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.5])
+def test_log_loss_invalid_probability_raises(bad):
+    with pytest.raises(metrics.MetricInputError, match="probabilities must lie in"):
+        metrics.log_loss([0, 1], [0.5, bad])
+
+
+def test_log_loss_invalid_label_raises():
+    with pytest.raises(metrics.MetricInputError, match="labels must be 0 or 1, got 2.0"):
+        metrics.log_loss([0, 2], [0.5, 0.5])
+
+
+def test_roc_auc_one_class_is_undefined():
+    assert metrics.roc_auc([0, 0, 0], [0.1, 0.2, 0.3]) is None
+    assert metrics.roc_auc([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8]) == 1.0

@@ -1,0 +1,57 @@
+"""Training guards: empty and single-class windows, too few days, the retrain cadence."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from loopline import training
+from loopline.config import load_config
+
+DAYS = [dt.date(2013, 1, 1) + dt.timedelta(days=offset) for offset in range(20)]
+
+
+def test_check_trainable_single_class_named():
+    config = load_config()
+    frame = pd.DataFrame({"delayed": [0, 0, 0, 0]})
+    with pytest.raises(training.TrainingDataError, match=r"single class \(positives=0, negatives=4\)"):
+        training.check_trainable(frame, config, "training", "2024-06-01..2024-06-02")
+
+
+def test_check_trainable_empty_partition_named():
+    config = load_config()
+    with pytest.raises(training.TrainingDataError, match=r"is empty \(0 rows\)"):
+        training.check_trainable(pd.DataFrame({"delayed": []}), config, "training", "w")
+
+
+def test_check_trainable_counts_classes():
+    config = load_config()
+    frame = pd.DataFrame({"delayed": [0, 1] * 300})
+    assert training.check_trainable(frame, config, "training", "w") == {"rows": 600, "positives": 300, "negatives": 300}
+
+
+def test_plan_window_too_few_days_skips():
+    config = load_config()
+    with pytest.raises(training.TrainingSkipped, match="fewer than training.min_days=14"):
+        training.plan_window(config, end=dt.date(2013, 1, 6), available=DAYS)
+
+
+def test_plan_window_time_ordered_holdout():
+    config = load_config()
+    window = training.plan_window(config, end=dt.date(2013, 1, 16), available=DAYS)
+    assert window.days[0] == dt.date(2013, 1, 1)
+    assert window.days[-1] == dt.date(2013, 1, 15)
+    assert window.holdout_days == [dt.date(2013, 1, 13), dt.date(2013, 1, 14), dt.date(2013, 1, 15)]
+    assert max(window.train_days) < min(window.holdout_days)
+    assert training.TrainingWindow.from_dict(window.to_dict()) == window
+
+
+def test_decide_window_waits_for_cadence(monkeypatch):
+    config = load_config()
+    monkeypatch.setattr(training, "labelled_days", lambda _config: DAYS)
+    with pytest.raises(training.TrainingSkipped, match="retrain_every_days=7"):
+        training.decide_window(config, end=dt.date(2013, 1, 18), champion_window_end=dt.date(2013, 1, 16))
+    forced = training.decide_window(config, end=dt.date(2013, 1, 18), force=True, champion_window_end=dt.date(2013, 1, 16))
+    assert forced.end == dt.date(2013, 1, 18)
