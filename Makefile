@@ -49,8 +49,9 @@ lock:
 services: venv
 	scripts/services.sh start
 
+# The demo reads the same ports, state folder and MLflow URI as the services.
 demo: services
-	$(VENV)/bin/loopline demo
+	source scripts/env.sh && loopline demo
 
 stop:
 	scripts/services.sh stop

@@ -2,8 +2,8 @@
 # Environment of Loopline's local profile: paths, ports and the Airflow configuration.
 #
 # Source it, don't run it:  source scripts/env.sh
-# Every variable below keeps a value that the caller has already set, so a test or CI
-# run can move the state (LOOPLINE_HOME), the ports or any AIRFLOW__* option.
+# Every variable below except PATH keeps a value that the caller has already set, so a
+# test or CI run can move the state (LOOPLINE_HOME), the ports or any AIRFLOW__* option.
 # The Airflow option names were checked against
 # airflow/config_templates/config.yml of apache-airflow-core 3.3.2.
 
@@ -30,8 +30,8 @@ esac
 export LOOPLINE_AIRFLOW_PORT="${LOOPLINE_AIRFLOW_PORT:-8080}"
 export LOOPLINE_MLFLOW_PORT="${LOOPLINE_MLFLOW_PORT:-5000}"
 export LOOPLINE_SERVER_PORT="${LOOPLINE_SERVER_PORT:-8000}"
-# Tasks and the model server talk to the MLflow tracking server, not to its SQLite file,
-# so that only one process writes the MLflow database.
+# Tasks and the model server send their requests to the MLflow tracking server rather than
+# open its SQLite file, so only one process writes the MLflow database.
 export LOOPLINE_MLFLOW_TRACKING_URI="${LOOPLINE_MLFLOW_TRACKING_URI:-http://127.0.0.1:$LOOPLINE_MLFLOW_PORT}"
 
 # --- Shared secrets --------------------------------------------------------------------

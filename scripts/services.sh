@@ -159,9 +159,9 @@ set_command() {
         airflow-api-server)
             COMMAND=(airflow api-server --host 127.0.0.1 --port "$LOOPLINE_AIRFLOW_PORT" --workers 1)
             ;;
-        # --skip-serve-logs: the log server would listen on 0.0.0.0:8793 (8794 for the
-        # triggerer). Task logs are files under $AIRFLOW_HOME/logs on this machine, and the
-        # API server reads them from there.
+        # --skip-serve-logs: the log server would listen on all interfaces (port 8793, or
+        # 8794 for the triggerer). Task logs are files under $AIRFLOW_HOME/logs on this
+        # machine, and the API server reads them from there.
         airflow-scheduler) COMMAND=(airflow scheduler --skip-serve-logs) ;;
         airflow-dag-processor) COMMAND=(airflow dag-processor) ;;
         airflow-triggerer) COMMAND=(airflow triggerer --skip-serve-logs) ;;
@@ -363,11 +363,10 @@ stop_services() {
         name="${SERVICES[$index]}"
         if pid="$(service_pid "$name")"; then
             if [[ "$name" == airflow-scheduler ]]; then
-                # The scheduler's LocalExecutor workers share one multiprocessing queue.
-                # A worker killed by SIGTERM while it holds the queue's lock leaves the
-                # others blocked, and the scheduler then waits for them forever
-                # (seen with Airflow 3.3.2). Only the scheduler gets SIGTERM, and it ends
-                # its workers through the queue.
+                # Seen with Airflow 3.3.2: after SIGTERM to the whole group, the scheduler
+                # waited for its LocalExecutor workers until SIGKILL, most likely because
+                # a worker died while it held the lock of their shared queue. Only the
+                # scheduler gets SIGTERM, and it ends its workers through that queue.
                 echo "stopping $name (pid $pid): SIGTERM to pid $pid"
                 kill -TERM "$pid" 2>/dev/null || true
             else

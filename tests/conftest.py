@@ -18,6 +18,7 @@ SESSION_HOME = Path(os.environ.get("LOOPLINE_TEST_HOME", "/tmp")) / f"loopline-t
 # Set before any test module imports Airflow or Loopline, because both read them at import.
 os.environ["LOOPLINE_HOME"] = str(SESSION_HOME)
 os.environ["AIRFLOW_HOME"] = str(SESSION_HOME / "airflow")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{SESSION_HOME / 'airflow' / 'airflow.db'}"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -31,3 +32,13 @@ sys.path.insert(0, str(REPO_ROOT / "plugins"))
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Create the session's Airflow metadata database (SQLite) once."""
+    import subprocess
+
+    (SESSION_HOME / "airflow").mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300)
+    return SESSION_HOME / "airflow" / "airflow.db"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -22,7 +20,7 @@ DAYS = [dt.date(2013, 1, 1) + dt.timedelta(days=offset) for offset in range(9)]
 
 
 @pytest.fixture(scope="module")
-def loop_env(tmp_path_factory, repo_root):
+def loop_env(tmp_path_factory, repo_root, airflow_db):
     home = tmp_path_factory.mktemp("loop")
     config = yaml.safe_load((repo_root / "include/config/loopline.yaml").read_text())
     config["training"].update({"window_days": 10, "min_days": 6, "holdout_days": 2, "retrain_every_days": 3, "min_rows": 500})
@@ -32,15 +30,8 @@ def loop_env(tmp_path_factory, repo_root):
     config_path.write_text(yaml.safe_dump(config))
 
     saved = dict(os.environ)
-    os.environ.update(
-        {
-            "LOOPLINE_HOME": str(home),
-            "LOOPLINE_CONFIG": str(config_path),
-            "AIRFLOW_HOME": str(home / "airflow"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow' / 'airflow.db'}",
-        }
-    )
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    # Airflow keeps the session's metadata database; Loopline's state and config move here.
+    os.environ.update({"LOOPLINE_HOME": str(home), "LOOPLINE_CONFIG": str(config_path)})
 
     from loopline.config import cached_config
     from loopline.monitoring import store
