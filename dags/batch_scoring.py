@@ -13,7 +13,15 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import dag, task
-from loopline_airflow import DEFAULT_ARGS, FeaturePartitionSensor, config, interval_day
+from loopline_airflow import (
+    CHAMPION_ASSET,
+    DEFAULT_ARGS,
+    FEATURES_ASSET,
+    PREDICTIONS_ASSET,
+    FeaturePartitionSensor,
+    config,
+    interval_day,
+)
 
 
 @dag(
@@ -28,9 +36,9 @@ from loopline_airflow import DEFAULT_ARGS, FeaturePartitionSensor, config, inter
     doc_md=__doc__,
 )
 def loopline_batch_scoring():
-    wait_for_features = FeaturePartitionSensor(task_id="wait_for_features", timeout=2 * 3600)
+    wait_for_features = FeaturePartitionSensor(task_id="wait_for_features", timeout=2 * 3600, inlets=[FEATURES_ASSET])
 
-    @task
+    @task(inlets=[CHAMPION_ASSET], outlets=[PREDICTIONS_ASSET])
     def score_partition(**context) -> dict:
         from loopline import scoring
 

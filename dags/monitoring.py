@@ -21,7 +21,7 @@ import datetime as dt
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
-from loopline_airflow import DEFAULT_ARGS, ScoringBatchSensor, config, interval_day
+from loopline_airflow import DEFAULT_ARGS, PREDICTIONS_ASSET, ScoringBatchSensor, config, interval_day
 
 
 @dag(
@@ -37,7 +37,7 @@ from loopline_airflow import DEFAULT_ARGS, ScoringBatchSensor, config, interval_
     render_template_as_native_obj=True,
 )
 def loopline_monitoring():
-    wait_for_scoring = ScoringBatchSensor(task_id="wait_for_scoring", timeout=2 * 3600)
+    wait_for_scoring = ScoringBatchSensor(task_id="wait_for_scoring", timeout=2 * 3600, inlets=[PREDICTIONS_ASSET])
 
     @task
     def check_day(**context) -> dict:

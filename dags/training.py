@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Param, dag, task
-from loopline_airflow import DEFAULT_ARGS, FEATURES_ASSET, config, run_tags
+from loopline_airflow import CHAMPION_ASSET, DEFAULT_ARGS, FEATURES_ASSET, config, run_tags
 
 
 @dag(
@@ -71,7 +71,7 @@ def loopline_training():
         tags = {**run_tags(context, window.label), "loopline.reason": plan["reason"][:250]}
         return training.train(config(), window, tags)
 
-    @task
+    @task(outlets=[CHAMPION_ASSET])
     def register_and_gate(plan: dict, trained: dict) -> dict:
         from loopline import registry
 

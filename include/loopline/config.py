@@ -101,7 +101,8 @@ class ServingConfig(_Strict):
 
 class RuleConfig(_Strict):
     name: str
-    metric: Literal["psi", "log_loss"]
+    # log_loss_ratio is the live log loss divided by the model's holdout log loss.
+    metric: Literal["psi", "log_loss", "log_loss_ratio"]
     features: list[str] = Field(default_factory=list)
     threshold: float
     direction: Literal["above", "below"] = "above"

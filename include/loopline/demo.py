@@ -42,6 +42,8 @@ DEFAULT_END = dt.date(2013, 1, 28)
 
 FINISHED = {"success", "failed"}
 POLL_SECONDS = 5
+BACKFILL_ATTEMPTS = 10
+BACKFILL_RETRY_SECONDS = 3
 
 
 class DemoError(RuntimeError):
@@ -119,18 +121,29 @@ def backfill(api: AirflowApi, dag_id: str, first: dt.date, last: dt.date, max_ac
     def midnight(day: dt.date) -> str:
         return dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc).isoformat()
 
-    api.request(
-        "POST",
-        "/api/v2/backfills",
-        json={
-            "dag_id": dag_id,
-            "from_date": midnight(first),
-            "to_date": midnight(last),
-            "max_active_runs": max_active_runs,
-            "reprocess_behavior": "completed",
-        },
-    )
-    _say(f"backfill created: {dag_id} {first} .. {last}")
+    body = {
+        "dag_id": dag_id,
+        "from_date": midnight(first),
+        "to_date": midnight(last),
+        "max_active_runs": max_active_runs,
+        # Days that already succeeded (an earlier demo) are kept; failed days rerun.
+        "reprocess_behavior": "failed",
+    }
+    for attempt in range(1, BACKFILL_ATTEMPTS + 1):
+        try:
+            api.request("POST", "/api/v2/backfills", json=body)
+        except DemoError as error:
+            if "already a running backfill" in str(error):
+                _say(f"{dag_id}: a backfill is already running (an earlier demo); waiting for it")
+                return
+            # Airflow 3.3 on SQLite answers 503 when the scheduler holds the database lock.
+            if "Database is locked" not in str(error) or attempt == BACKFILL_ATTEMPTS:
+                raise
+            _say(f"{dag_id}: the Airflow database is busy; retrying the backfill ({attempt}/{BACKFILL_ATTEMPTS})")
+            time.sleep(BACKFILL_RETRY_SECONDS)
+            continue
+        _say(f"backfill created: {dag_id} {first} .. {last}")
+        return
 
 
 def _runs_in(api: AirflowApi, dag_id: str, first: dt.date, last: dt.date) -> list[dict[str, Any]]:
@@ -154,8 +167,9 @@ def wait_for_days(api: AirflowApi, dag_ids: list[str], first: dt.date, last: dt.
             runs = _runs_in(api, dag_id, first, last)
             done = sum(1 for run in runs if run["state"] == "success")
             failed += [f"{dag_id} {run['logical_date'][:10]}" for run in runs if run["state"] == "failed"]
-            running = sum(1 for run in runs if run["state"] in ("running", "queued"))
-            parts.append(f"{dag_id.removeprefix('loopline_')} {done}/{days} days done, {running} running")
+            running = sum(1 for run in runs if run["state"] == "running")
+            queued = sum(1 for run in runs if run["state"] == "queued")
+            parts.append(f"{dag_id.removeprefix('loopline_')} {done}/{days} days done ({running} running, {queued} queued)")
             done_all &= sum(1 for run in runs if run["state"] in FINISHED) >= days
         training = api.dag_runs(TRAINING)
         trained = sum(1 for run in training if run["state"] in FINISHED)

@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 # Updated by the data pipeline after each day's features are written; its event extra
 # carries the partition date and row counts. The training DAG is scheduled on it.
 FEATURES_ASSET = Asset(name="loopline_flight_features", uri="loopline://feature-store/flights/v1", group="feature-store")
+# Updated by every registry gate decision; batch scoring reads the model that holds @champion.
+CHAMPION_ASSET = Asset(name="loopline_champion_model", uri="loopline://registry/champion", group="registry")
+# Updated by batch scoring; monitoring reads the day's predictions from the monitoring store.
+PREDICTIONS_ASSET = Asset(name="loopline_batch_predictions", uri="loopline://monitoring-store/predictions", group="monitoring")
 
 # The first flight date of the bundled data set; no labels exist before it.
 FIRST_LABEL_DAY = dt.date(2013, 1, 1)

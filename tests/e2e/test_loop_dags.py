@@ -25,7 +25,9 @@ def loop_env(tmp_path_factory, repo_root, airflow_db):
     config = yaml.safe_load((repo_root / "include/config/loopline.yaml").read_text())
     config["training"].update({"window_days": 10, "min_days": 6, "holdout_days": 2, "retrain_every_days": 3, "min_rows": 500})
     config["monitoring"]["min_rows"] = 100
-    config["monitoring"]["rules"][1]["threshold"] = 0.2
+    for rule in config["monitoring"]["rules"]:
+        if rule["name"] == "quality_log_loss":
+            rule["threshold"] = 0.2
     config_path = home / "loopline.yaml"
     config_path.write_text(yaml.safe_dump(config))
 
@@ -63,6 +65,7 @@ def test_loop_through_airflow(loop_env, dagbag):
     """Data pipeline, training, scoring and monitoring store what the loop promises."""
     import mlflow
     import pandas as pd
+    import sqlalchemy as sa
 
     from loopline import registry, store, tracking
     from loopline.config import cached_config
@@ -124,6 +127,15 @@ def test_loop_through_airflow(loop_env, dagbag):
     # Quality on a day covers the days before it, with the labels that had arrived by then.
     assert _run(scoring, DAYS[-3]).state == "success"
     assert _run(monitoring, scored_day).state == "success"
+    with engine.connect() as connection:
+        ratio = connection.execute(
+            sa.select(monitoring_store.metric_values.c.value, monitoring_store.metric_values.c.status).where(
+                monitoring_store.metric_values.c.metric == "log_loss_ratio",
+                monitoring_store.metric_values.c.partition_date == scored_day.isoformat(),
+            )
+        ).one()
+    assert ratio.status == "ok"
+    assert 0.5 < ratio.value < 2.0
     counts = monitoring_store.table_counts(engine)
     assert counts["metric_values"] > len(config.feature_set.numerical)
     assert counts["alerts"] >= 1

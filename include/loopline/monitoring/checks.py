@@ -70,6 +70,16 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
             value = quality[name]
             status = "ok" if value is not None else "undefined_one_class"
             metric_rows.append(_metric_row(name, None, value, status, len(labelled), version, monitoring.policy_version, reference))
+
+        # Live log loss relative to what the registry gate measured on the holdout: a
+        # ratio above 1 means the model does worse on new days than when it was promoted.
+        holdout_log_loss = client.get_run(model_version.run_id).data.metrics.get("holdout_log_loss")
+        ratio, status = None, "no_reference"
+        if holdout_log_loss and math.isfinite(quality["log_loss"]):
+            ratio, status = quality["log_loss"] / holdout_log_loss, "ok"
+        metric_rows.append(
+            _metric_row("log_loss_ratio", None, ratio, status, len(labelled), version, monitoring.policy_version, reference)
+        )
     else:
         metric_rows.append(
             _metric_row("log_loss", None, None, "insufficient_data", len(labelled), version, monitoring.policy_version, reference)
