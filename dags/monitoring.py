@@ -6,9 +6,10 @@ Daily, one run per data interval; the feedback edge of the loop.
 1. **wait_for_scoring** (a sensor in reschedule mode, bounded by its timeout) waits until
    the day's batch scoring is recorded in the monitoring store.
 2. **check_day** computes the PSI of every numerical feature against the reference profile
-   of the model version that scored the day, and log loss and ROC AUC over the trailing
-   window of predictions whose labels have arrived; it stores them and checks the
-   threshold rules of the config. A rule that fires is logged as an alert and stored.
+   of the model version that scored the day. It computes log loss, its ratio to the
+   model's holdout log loss, and ROC AUC over the trailing week of labelled predictions.
+   It stores them and checks the config's threshold rules. A rule that fires is logged as
+   an alert and stored.
 3. **request_retrain** goes on only when a fired rule asks for a retrain and no retrain
    was requested within the cooldown; it records the request.
 4. **trigger_training** starts `loopline_training` with the reason and the window in its

@@ -2,7 +2,7 @@
 ### Loopline training
 
 Runs on every `loopline_flight_features` asset event, on demand from the trigger form,
-and when monitoring asks for a retrain (with the reason in the run's conf).
+and when monitoring requests a retrain (with the reason in the run's conf).
 
 1. **plan_window** picks the time-ordered training window: the days before the newest
    partition (asset events), the form's `start`/`end`, or the window monitoring names. An

@@ -4,7 +4,7 @@ Promotion uses MLflow aliases only (stages are deprecated since MLflow 2.9). The
 version becomes ``@champion``. A later one replaces the champion only when its log loss on
 the challenger's holdout is lower than the champion's on the same rows by more than
 ``registry.min_log_loss_improvement``. The decision and its evidence are written as
-version tags and appended to an audit log (JSON lines under the state folder);
+version tags and appended to an audit log, a JSON-lines file in the state folder.
 ``rollback`` moves the alias back to the previous champion.
 """
 

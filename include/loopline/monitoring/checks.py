@@ -1,9 +1,9 @@
 """Daily monitoring: drift and quality metrics, threshold rules, alerts and retrain requests.
 
 For one data interval the check computes the PSI of each numerical feature against the
-reference profile logged with the model version that scored the day, and the log loss and
-ROC AUC of the batch predictions of the trailing quality window (the days before the
-day) whose labels had arrived by the day.
+reference profile logged with the model version that scored the day. It also computes the
+log loss and ROC AUC of the batch predictions of the trailing quality window, the days
+before the data day, using the labels that had arrived by the data day.
 Each rule of the config compares one metric with its threshold; a metric without a value
 (too few rows, no labels yet, NaN) never fires a rule. A fired rule with action
 ``retrain`` asks for a retrain unless another request was made within the cooldown,

@@ -115,8 +115,8 @@ retrain_requests = sa.Table(
     sa.Column("partition_date", sa.String(10), nullable=False),
     sa.Column("rules", sa.String(256), nullable=False),
     sa.Column("reason", sa.String(1024), nullable=False),
-    # The Airflow run id of the triggered training run; unique, so a retried trigger task
-    # finds its own earlier request instead of adding a second one.
+    # The Airflow run id of the triggered training run. It is unique, so a retried trigger
+    # task finds its own earlier request instead of adding a second one.
     sa.Column("dag_run_id", sa.String(250), nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
