@@ -42,7 +42,8 @@ from loopline import settings
 from loopline.config import LooplineConfig, load_config
 from loopline.modeling import SKOPS_TRUSTED_TYPES, build_pipeline, model_signature
 from loopline.monitoring import store
-from loopline.serving.app import LogEntry, MonitoringLog, create_app
+from loopline.serving.app import create_app
+from loopline.serving.monitoring_log import LogEntry, MonitoringLog
 from loopline.sources import flight_feed, label_feed
 
 TRAIN_DAYS = [dt.date(2013, 1, day) for day in range(1, 8)]

@@ -17,7 +17,7 @@ import logging
 import math
 from typing import Any
 
-from loopline import metrics, registry, store, tracking, training
+from loopline import metrics, store, tracking, training
 from loopline.config import LooplineConfig, RuleConfig
 from loopline.monitoring import drift
 from loopline.monitoring import store as monitoring_store

@@ -19,10 +19,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import logging
 import math
-import queue
 import threading
 import time
 import uuid
@@ -42,29 +40,23 @@ from starlette.concurrency import run_in_threadpool
 from loopline import settings
 from loopline.config import cached_config
 from loopline.modeling import CLASSIFIER_STEP, FEATURES_STEP, SCALE_STEP, positive_probability
-from loopline.monitoring import store
+from loopline.serving.monitoring_log import DEFAULT_LOG_QUEUE_SIZE, LogEntry, MonitoringLog
+from loopline.serving.requests import (
+    NUMBER_TYPES,
+    STRING_TYPES,
+    InputColumn,
+    RequestValidationFailed,
+    parse_request,
+)
 
 logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
-DEFAULT_LOG_QUEUE_SIZE = 10_000
 
 # Registry error codes that mean "this model or alias does not exist (yet)". The SQL store
 # raises INVALID_PARAMETER_VALUE for a missing alias and RESOURCE_DOES_NOT_EXIST for a
 # missing registered model (MLflow 3.17).
 _NOT_FOUND_ERROR_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
-
-# Signature column types the request parser accepts, by MLflow DataType name.
-_NUMBER_TYPES = frozenset({"double", "float"})
-_STRING_TYPES = frozenset({"string"})
-
-# The optional pass-through id of a record. The monitoring store column is String(64).
-FLIGHT_ID_FIELD = "flight_id"
-MAX_FLIGHT_ID_LENGTH = 64
-
-# A 422 response lists at most this many invalid values, so a large bad batch does not
-# produce an even larger error body.
-MAX_REPORTED_ERRORS = 50
 
 # The /predict body in the OpenAPI document. The endpoint reads the raw body itself, so that
 # parsing is timed as preprocessing and errors name the record index.
@@ -96,14 +88,6 @@ FAILED_VERSION_RETRY_SECONDS = 300.0
 
 class ModelLoadError(RuntimeError):
     """A registered model version cannot be served."""
-
-
-@dataclasses.dataclass(frozen=True)
-class InputColumn:
-    """One model input column from the signature: its name and MLflow type name."""
-
-    name: str
-    type: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,10 +164,10 @@ def _signature_inputs(model_uri: str, signature: Any) -> tuple[InputColumn, ...]
     columns = []
     for spec in schema.inputs:
         type_name = spec.type.name if isinstance(spec.type, DataType) else str(spec.type)
-        if type_name not in _NUMBER_TYPES | _STRING_TYPES:
+        if type_name not in NUMBER_TYPES | STRING_TYPES:
             raise ModelLoadError(
                 f"{model_uri} input {spec.name!r} has type {type_name!r}; the server accepts "
-                f"{sorted(_NUMBER_TYPES | _STRING_TYPES)}"
+                f"{sorted(NUMBER_TYPES | STRING_TYPES)}"
             )
         columns.append(InputColumn(spec.name, type_name))
     return tuple(columns)
@@ -200,8 +184,8 @@ def _check_pipeline(model_uri: str, pipeline: Any, inputs: Sequence[InputColumn]
 
     types = {column.name: column.type for column in inputs}
     features = steps[FEATURES_STEP]
-    wrong = [name for name in features.numerical if types.get(name) not in _NUMBER_TYPES]
-    wrong += [name for name in features.categorical if types.get(name) not in _STRING_TYPES]
+    wrong = [name for name in features.numerical if types.get(name) not in NUMBER_TYPES]
+    wrong += [name for name in features.categorical if types.get(name) not in STRING_TYPES]
     if wrong:
         raise ModelLoadError(
             f"{model_uri} pipeline features {wrong} are missing from the signature or have the "
@@ -218,373 +202,6 @@ def _score(pipeline: Pipeline, records: list[dict[str, Any]]) -> tuple[Any, floa
     probabilities = positive_probability(pipeline, scaled)
     inferred = time.perf_counter()
     return probabilities, computed - started, inferred - computed
-
-
-# ---------------------------------------------------------------------------------------
-# Request parsing
-# ---------------------------------------------------------------------------------------
-
-
-class RequestValidationFailed(ValueError):
-    """The request body does not match the model signature. ``errors`` is the 422 detail."""
-
-    def __init__(self, errors: list[dict[str, Any]], records: int = 0):
-        super().__init__(f"{len(errors)} invalid value(s) in the request")
-        self.errors = errors
-        self.records = records
-
-
-@dataclasses.dataclass(frozen=True)
-class ParsedRequest:
-    """Records reduced to the signature inputs, their flight ids and the ignored field count."""
-
-    records: list[dict[str, Any]]
-    flight_ids: list[str | None]
-    ignored_fields: int
-
-
-def parse_request(body: bytes, inputs: Sequence[InputColumn]) -> ParsedRequest:
-    """Parse a JSON body of one record or a list of records and check it against the signature.
-
-    Every record must contain every input column, null included: a misspelled field is
-    then reported as missing instead of being silently imputed. Numbers for double columns
-    are widened to float. Fields outside the signature, other than ``flight_id``, are
-    ignored and counted. Raises ``RequestValidationFailed`` listing each invalid value
-    with its location ``["body", record index, field]``. A single object is record 0.
-    """
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as error:
-        raise RequestValidationFailed(
-            [{"type": "json_invalid", "loc": ["body"], "msg": f"invalid JSON: {error}"}]
-        ) from None
-
-    if isinstance(payload, dict):
-        payload = [payload]
-    elif not isinstance(payload, list):
-        raise RequestValidationFailed(
-            [
-                {
-                    "type": "invalid_type",
-                    "loc": ["body"],
-                    "msg": "body must be a JSON object (one record) or a non-empty list of objects, "
-                    f"got {_json_type(payload)}",
-                    "input": _json_safe(payload),
-                }
-            ]
-        )
-    if not payload:
-        raise RequestValidationFailed(
-            [{"type": "too_short", "loc": ["body"], "msg": "the list of records is empty; send at least one record"}]
-        )
-
-    known = {column.name for column in inputs} | {FLIGHT_ID_FIELD}
-    errors: list[dict[str, Any]] = []
-    records: list[dict[str, Any]] = []
-    flight_ids: list[str | None] = []
-    ignored_fields = 0
-    for index, raw in enumerate(payload):
-        if not isinstance(raw, dict):
-            errors.append(
-                {
-                    "type": "dict_type",
-                    "loc": ["body", index],
-                    "msg": f"record {index} must be a JSON object, got {_json_type(raw)}",
-                    "input": _json_safe(raw),
-                }
-            )
-            continue
-        ignored_fields += sum(1 for field in raw if field not in known)
-        flight_ids.append(_flight_id(raw, index, errors))
-        records.append(_record_values(raw, index, inputs, errors))
-
-    if errors:
-        reported = errors[:MAX_REPORTED_ERRORS]
-        if len(errors) > MAX_REPORTED_ERRORS:
-            reported.append(
-                {
-                    "type": "too_many_errors",
-                    "loc": ["body"],
-                    "msg": f"{len(errors) - MAX_REPORTED_ERRORS} more invalid values are not listed",
-                }
-            )
-        raise RequestValidationFailed(reported, records=len(payload))
-    return ParsedRequest(records=records, flight_ids=flight_ids, ignored_fields=ignored_fields)
-
-
-def _record_values(
-    raw: Mapping[str, Any], index: int, inputs: Sequence[InputColumn], errors: list[dict[str, Any]]
-) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for column in inputs:
-        location = ["body", index, column.name]
-        if column.name not in raw:
-            errors.append(
-                {
-                    "type": "missing",
-                    "loc": location,
-                    "msg": f"field {column.name!r} is missing; send every model input field, "
-                    "with null for an unknown value",
-                }
-            )
-            continue
-
-        value = raw[column.name]
-        if value is None:
-            values[column.name] = None
-        elif column.type in _NUMBER_TYPES:
-            number = _finite_float(value)
-            if number is None:
-                errors.append(
-                    {
-                        "type": "float_type",
-                        "loc": location,
-                        "msg": f"field {column.name!r} must be a number or null, got {_json_type(value)}",
-                        "input": _json_safe(value),
-                    }
-                )
-            values[column.name] = number
-        elif isinstance(value, str):
-            values[column.name] = value
-        else:
-            errors.append(
-                {
-                    "type": "string_type",
-                    "loc": location,
-                    "msg": f"field {column.name!r} must be a string or null, got {_json_type(value)}",
-                    "input": _json_safe(value),
-                }
-            )
-    return values
-
-
-def _finite_float(value: Any) -> float | None:
-    """Return ``value`` as a finite float, or None when it is not a JSON number."""
-    # bool is a subclass of int in Python, but a JSON true is not a number.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _flight_id(raw: Mapping[str, Any], index: int, errors: list[dict[str, Any]]) -> str | None:
-    value = raw.get(FLIGHT_ID_FIELD)
-    if value is None or (isinstance(value, str) and len(value) <= MAX_FLIGHT_ID_LENGTH):
-        return value
-    errors.append(
-        {
-            "type": "string_type",
-            "loc": ["body", index, FLIGHT_ID_FIELD],
-            "msg": f"field {FLIGHT_ID_FIELD!r} must be a string of at most {MAX_FLIGHT_ID_LENGTH} "
-            f"characters or null, got {_json_type(value)}",
-            "input": _json_safe(value),
-        }
-    )
-    return None
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean {json.dumps(value)}"
-    if isinstance(value, (int, float)):
-        return f"number {value!r}" if _finite_float(value) is not None else f"non-finite number {value!r}"
-    if isinstance(value, str):
-        return f"string {value[:80]!r}"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
-def _json_safe(value: Any) -> Any:
-    # Starlette renders JSON with allow_nan=False, so NaN and infinity are echoed as text.
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, (list, dict)):
-        return _json_type(value)
-    return value
-
-
-# ---------------------------------------------------------------------------------------
-# Monitoring log
-# ---------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class LogEntry:
-    """The monitoring rows of one request: its predictions (maybe none) and its timing row."""
-
-    predictions: list[dict[str, Any]]
-    timing: dict[str, Any]
-
-    @property
-    def row_count(self) -> int:
-        return len(self.predictions) + 1
-
-
-class _RateLimitedWarning:
-    """A warning logged at most once per interval, with the count of repeats suppressed in between."""
-
-    def __init__(self, interval_seconds: float = 60.0):
-        self._interval = interval_seconds
-        self._last_logged = -math.inf
-        self._suppressed = 0
-        self._lock = threading.Lock()
-
-    def warning(self, message: str, *args: Any) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._last_logged < self._interval:
-                self._suppressed += 1
-                return
-            suppressed, self._suppressed = self._suppressed, 0
-            self._last_logged = now
-        if suppressed:
-            message += " (%d similar warnings suppressed in the last %.0f s)"
-            args = (*args, suppressed, self._interval)
-        logger.warning(message, *args)
-
-
-class MonitoringLog:
-    """Writer of online predictions and request timings to the monitoring store, off the request path.
-
-    ``submit`` never blocks: it puts one ``LogEntry`` per request on a bounded queue, and one
-    background thread writes the entries in batches. When the queue is full or a write
-    fails, the rows are dropped and counted in ``dropped_records``, and a rate-limited
-    warning is logged. ``stop`` writes what is still queued, waiting at most its timeout.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        queue_size: int = DEFAULT_LOG_QUEUE_SIZE,
-        batch_size: int = 200,
-        idle_wait_seconds: float = 0.5,
-    ):
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
-        self.url = url
-        self.queue_size = queue_size
-        self._queue: queue.Queue[LogEntry] = queue.Queue(maxsize=queue_size)
-        self._batch_size = batch_size
-        self._idle_wait = idle_wait_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._counter_lock = threading.Lock()
-        self._dropped = 0
-        self._written = 0
-        self._full_warning = _RateLimitedWarning()
-        self._write_warning = _RateLimitedWarning()
-
-    @property
-    def dropped_records(self) -> int:
-        """Rows (predictions and timings) dropped since start because the queue was full or a write failed."""
-        return self._dropped
-
-    @property
-    def written_records(self) -> int:
-        return self._written
-
-    @property
-    def queued_entries(self) -> int:
-        return self._queue.qsize()
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="loopline-monitoring-log", daemon=True)
-        self._thread.start()
-        logger.info("monitoring log writer started (queue size %d)", self.queue_size)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Write the queued entries and stop the writer, waiting at most ``timeout`` seconds."""
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            logger.warning(
-                "monitoring log writer did not finish within %.0f s; %d queued entries are lost",
-                timeout,
-                self._queue.qsize(),
-            )
-        else:
-            logger.info(
-                "monitoring log writer stopped: %d records written, %d dropped", self._written, self._dropped
-            )
-        self._thread = None
-
-    def submit(self, entry: LogEntry) -> bool:
-        """Queue the rows of one request; return False when the queue is full and they are dropped."""
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
-            self._count_dropped(entry.row_count)
-            self._full_warning.warning(
-                "monitoring log queue is full (%d entries): dropped %d records of request %s; "
-                "%d records dropped so far",
-                self.queue_size,
-                entry.row_count,
-                entry.timing.get("request_id"),
-                self._dropped,
-            )
-            return False
-        return True
-
-    def _count_dropped(self, rows: int) -> None:
-        with self._counter_lock:
-            self._dropped += rows
-
-    def _run(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch:
-                self._write(batch)
-            elif self._stop.is_set():
-                return
-
-    def _next_batch(self) -> list[LogEntry]:
-        try:
-            batch = [self._queue.get(timeout=self._idle_wait)]
-        except queue.Empty:
-            return []
-        while len(batch) < self._batch_size:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
-
-    def _write(self, batch: list[LogEntry]) -> None:
-        prediction_rows = [row for entry in batch for row in entry.predictions]
-        timing_rows = [entry.timing for entry in batch]
-        # Predictions and timings are two transactions, so a failure in one drops only its rows.
-        for kind, rows, insert in (
-            ("predictions", prediction_rows, store.insert_online_predictions),
-            ("request timings", timing_rows, store.insert_request_timings),
-        ):
-            if not rows:
-                continue
-            try:
-                insert(store.get_engine(self.url), rows)
-            except Exception as error:  # a down store must never stop the writer thread
-                self._count_dropped(len(rows))
-                self._write_warning.warning(
-                    "writing %d %s rows to the monitoring store failed, so they are dropped "
-                    "(%d records dropped so far): %s",
-                    len(rows),
-                    kind,
-                    self._dropped,
-                    error,
-                )
-            else:
-                with self._counter_lock:
-                    self._written += len(rows)
 
 
 # ---------------------------------------------------------------------------------------
