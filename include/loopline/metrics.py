@@ -15,6 +15,8 @@ import numpy as np
 # Clipping constant of log loss, the one scikit-learn used before 1.5; training, the
 # registry gate and monitoring all use it, so their numbers are comparable.
 LOG_LOSS_EPSILON = 1e-15
+# Equal-width probability bins of the expected calibration error.
+ECE_BINS = 10
 
 
 class MetricInputError(ValueError):
@@ -57,12 +59,52 @@ def roc_auc(y_true, probability) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
+def pr_auc(y_true, probability) -> float | None:
+    """Return the area under the precision-recall curve (average precision), or None
+    when the window has no positive."""
+    from sklearn.metrics import average_precision_score
+
+    labels, scores = _validated(y_true, probability)
+    if labels.size == 0 or labels.sum() == 0:
+        return None
+    return float(average_precision_score(labels, scores))
+
+
+def brier_score(y_true, probability) -> float:
+    """Return the mean squared difference of probability and label, or NaN when empty."""
+    labels, scores = _validated(y_true, probability)
+    if labels.size == 0:
+        return math.nan
+    return float(np.mean((scores - labels) ** 2))
+
+
+def expected_calibration_error(y_true, probability, bins: int = ECE_BINS) -> float:
+    """Return the expected calibration error over equal-width probability bins.
+
+    ECE = sum over bins of (rows in bin / rows) * |mean label - mean probability|; a
+    probability of exactly 1 falls in the last bin. NaN for an empty window.
+    """
+    labels, scores = _validated(y_true, probability)
+    if labels.size == 0:
+        return math.nan
+    index = np.minimum((scores * bins).astype("int64"), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    label_sums = np.bincount(index, weights=labels, minlength=bins)
+    score_sums = np.bincount(index, weights=scores, minlength=bins)
+    filled = counts > 0
+    gaps = np.abs(label_sums[filled] - score_sums[filled]) / counts[filled]
+    return float(np.sum(counts[filled] / labels.size * gaps))
+
+
 def quality_summary(y_true, probability) -> dict[str, float | None]:
-    """Return log loss, ROC AUC, positive rate and mean prediction of one window."""
+    """Return the quality metrics of one window, keyed by metric name."""
     labels, scores = _validated(y_true, probability)
     return {
         "log_loss": log_loss(labels, scores),
         "roc_auc": roc_auc(labels, scores),
+        "pr_auc": pr_auc(labels, scores),
+        "brier_score": brier_score(labels, scores),
+        "expected_calibration_error": expected_calibration_error(labels, scores),
         "positive_rate": float(labels.mean()) if labels.size else math.nan,
         "mean_probability": float(scores.mean()) if scores.size else math.nan,
         "rows": float(labels.size),

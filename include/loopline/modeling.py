@@ -13,11 +13,14 @@ step and the classifier separately:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from loopline import metrics
 from loopline.config import LooplineConfig
 from loopline.features import FeatureProcessor
 
@@ -85,6 +88,42 @@ def pip_requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{package}=={version(package)}" for package in ("mlflow", "scikit-learn", "numpy", "pandas", "skops")]
+
+
+# Epochs without an improvement of the training log loss by more than ``tol`` before the
+# descent stops; scikit-learn's SGDClassifier uses the same rule (n_iter_no_change=5).
+EPOCHS_WITHOUT_IMPROVEMENT = 5
+
+
+def fit_with_trace(pipeline: Pipeline, x_train, y_train, x_eval, y_eval, config: LooplineConfig) -> list[dict]:
+    """Fit ``pipeline`` epoch by epoch and return the log loss after every epoch.
+
+    The feature and scaling steps are fitted on the training rows; the classifier then
+    takes one gradient-descent pass over them per ``partial_fit`` call, so the training and
+    evaluation log loss of each epoch can be logged. The evaluation rows are only watched,
+    never used to stop or select.
+    """
+    sgd = config.training.sgd
+    y_train = np.asarray(y_train, dtype="int64")
+    y_eval = np.asarray(y_eval, dtype="int64")
+    train_matrix = pipeline[:-1].fit_transform(x_train, y_train)
+    eval_matrix = pipeline[:-1].transform(x_eval)
+    classifier = pipeline.named_steps[CLASSIFIER_STEP]
+
+    trace = []
+    best = math.inf
+    stale = 0
+    for epoch in range(1, sgd.max_iter + 1):
+        classifier.partial_fit(train_matrix, y_train, classes=np.asarray([0, 1]))
+        train_loss = metrics.log_loss(y_train, positive_probability(pipeline, train_matrix))
+        eval_loss = metrics.log_loss(y_eval, positive_probability(pipeline, eval_matrix))
+        trace.append({"epoch": epoch, "train_log_loss": train_loss, "holdout_log_loss": eval_loss})
+
+        stale = stale + 1 if train_loss > best - sgd.tol else 0
+        best = min(best, train_loss)
+        if stale >= EPOCHS_WITHOUT_IMPROVEMENT:
+            break
+    return trace
 
 
 def positive_probability(pipeline: Pipeline, features: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from loopline.monitoring import store as monitoring_store
 logger = logging.getLogger(__name__)
 
 CLEAN_FLIGHTS = "clean/flights"
+VALIDATION_DATASET = "validation/flights"
 
 
 def extract_flights(day: dt.date) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def extract_flights(day: dt.date) -> dict[str, Any]:
 def validate_flights(day: dt.date) -> dict[str, Any]:
     """Validate the raw partition of ``day``; on success write it as the clean partition."""
     frame = store.read_partition(store.RAW_FLIGHTS, day)
-    result_path = store.partition_dir("validation/flights", day) / "result.json"
+    result_path = store.partition_dir(VALIDATION_DATASET, day) / "result.json"
     summary = validation.validate_partition(frame, day.isoformat(), result_path)
     path = store.write_partition(frame, CLEAN_FLIGHTS, day)
     return {

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopline import metrics, modeling, store, tracking
+from loopline import evaluation, metrics, modeling, store, tracking
 from loopline.config import LooplineConfig
+from loopline.pipeline import VALIDATION_DATASET
 from loopline.monitoring import drift
 
 logger = logging.getLogger(__name__)
@@ -163,6 +164,8 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
         "loopline.window": window.label,
         "loopline.holdout_start": window.holdout_start.isoformat(),
         "loopline.feature_set": f"{feature_set.name}/{feature_set.version}",
+        "loopline.validation": validation_status(list(window.days)),
+        "loopline.git_commit": git_commit(),
     }
     with tracking.task_run(tracking.TRAINING_EXPERIMENT, f"train {window.label}", run_tags) as run:
         mlflow.log_params(
@@ -191,19 +194,35 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
 
         pipeline = modeling.build_pipeline(config)
         x_train = train_frame[feature_set.features]
-        pipeline.fit(x_train, train_frame[feature_set.label].to_numpy())
+        x_holdout = holdout_frame[feature_set.features]
+        trace = modeling.fit_with_trace(
+            pipeline, x_train, train_frame[feature_set.label], x_holdout, holdout_frame[feature_set.label], config
+        )
+        for point in trace:
+            mlflow.log_metrics(
+                {"epoch_train_log_loss": point["train_log_loss"], "epoch_holdout_log_loss": point["holdout_log_loss"]},
+                step=point["epoch"],
+            )
 
         train_probability = pipeline.predict_proba(x_train)[:, 1]
-        holdout_probability = pipeline.predict_proba(holdout_frame[feature_set.features])[:, 1]
+        holdout_probability = pipeline.predict_proba(x_holdout)[:, 1]
         holdout_quality = metrics.quality_summary(holdout_frame[feature_set.label], holdout_probability)
         summary_metrics = {
+            "epochs": len(trace),
             "train_log_loss": metrics.log_loss(train_frame[feature_set.label], train_probability),
-            "holdout_log_loss": holdout_quality["log_loss"],
-            "holdout_roc_auc": holdout_quality["roc_auc"],
-            "holdout_positive_rate": holdout_quality["positive_rate"],
-            "holdout_mean_probability": holdout_quality["mean_probability"],
+            **{f"holdout_{name}": value for name, value in holdout_quality.items() if name != "rows"},
         }
         mlflow.log_metrics({key: value for key, value in summary_metrics.items() if value is not None})
+
+        classifier = pipeline.named_steps[modeling.CLASSIFIER_STEP]
+        evaluation.log_plots(
+            holdout_frame[feature_set.label].to_numpy(),
+            holdout_probability,
+            config.serving.decision_threshold,
+            feature_set.features,
+            np.abs(classifier.coef_[0]),
+            f"{window.holdout_days[0]}..{window.holdout_days[-1]}",
+        )
 
         profile = drift.reference_profile(train_frame, list(feature_set.numerical), config.monitoring.psi_bins)
         mlflow.log_dict(profile, REFERENCE_PROFILE_ARTIFACT)
@@ -241,6 +260,31 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
         "holdout_log_loss": summary_metrics["holdout_log_loss"],
         "holdout_roc_auc": summary_metrics["holdout_roc_auc"],
     }
+
+
+def validation_status(days: list[dt.date]) -> str:
+    """Return how many of ``days`` have a passed validation result on file."""
+    passed = 0
+    for day in days:
+        path = store.partition_dir(VALIDATION_DATASET, day) / "result.json"
+        if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("success"):
+            passed += 1
+    return f"passed {passed}/{len(days)} partitions"
+
+
+def git_commit() -> str:
+    """Return the commit of the checked-out code, or "unknown" outside a git checkout."""
+    import subprocess
+
+    from loopline.settings import REPO_ROOT
+
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() or "unknown"
 
 
 def _flight_dates(frame: pd.DataFrame) -> np.ndarray:

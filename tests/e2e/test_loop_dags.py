@@ -107,6 +107,18 @@ def test_loop_through_airflow(loop_env, dagbag):
     experiment = client.get_experiment(run_data.info.experiment_id)
     assert experiment.name == tracking.TRAINING_EXPERIMENT
     assert {dataset.dataset.name.split(" ")[0] for dataset in run_data.inputs.dataset_inputs} == {"flights-v1"}
+    for name in ("holdout_pr_auc", "holdout_brier_score", "holdout_expected_calibration_error", "holdout_positive_rate"):
+        assert 0 < metrics[name] < 1, f"{name}={metrics[name]}"
+    descent = client.get_metric_history(champion.run_id, "epoch_train_log_loss")
+    assert len(descent) == metrics["epochs"]
+    assert [point.step for point in descent] == list(range(1, len(descent) + 1))
+    assert descent[-1].value < descent[0].value
+    assert run_data.data.tags["loopline.validation"] == "passed 8/8 partitions"
+    assert len(run_data.data.tags["loopline.git_commit"]) in (40, len("unknown"))
+    plots = {item.path for item in client.list_artifacts(champion.run_id, "plots")}
+    assert plots == {
+        f"plots/{name}.png" for name in ("roc", "precision_recall", "calibration", "confusion_matrix", "feature_importance")
+    }
     model = mlflow.sklearn.load_model(f"models:/{config.model_name}@champion")
     assert list(model.named_steps) == ["features", "scale", "classifier"]
 

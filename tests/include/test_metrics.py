@@ -41,3 +41,21 @@ def test_log_loss_invalid_label_raises():
 def test_roc_auc_one_class_is_undefined():
     assert metrics.roc_auc([0, 0, 0], [0.1, 0.2, 0.3]) is None
     assert metrics.roc_auc([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8]) == 1.0
+
+
+def test_pr_auc_no_positive_is_undefined():
+    assert metrics.pr_auc([0, 0], [0.1, 0.2]) is None
+    assert metrics.pr_auc([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8]) == 1.0
+
+
+def test_brier_score_values():
+    assert metrics.brier_score([0, 1], [0.0, 1.0]) == 0.0
+    assert metrics.brier_score([0, 1], [0.5, 0.5]) == pytest.approx(0.25)
+
+
+def test_expected_calibration_error_values():
+    """Two bins: 0.1 predicted for 1 of 2 positives, 0.95 for 2 of 2 positives."""
+    # Bin 1 (0.1): mean label 0.5, gap 0.4; bin 9 (0.95 and 1.0): mean label 1, gap 0.025.
+    value = metrics.expected_calibration_error([0, 1, 1, 1], [0.1, 0.1, 0.95, 1.0])
+    assert value == pytest.approx(0.5 * 0.4 + 0.5 * 0.025)
+    assert metrics.expected_calibration_error([0, 1], [0.0, 1.0]) == 0.0

@@ -1,8 +1,8 @@
 """Parsing and validation of ``POST /predict`` bodies against the model signature.
 
 A body is one JSON record or a list of records. Each record must contain every signature
-input; numbers (JSON ints are widened) or null for double columns, strings or null for
-string columns. Every invalid value becomes one 422 detail entry naming the record index,
+input. Double columns take numbers (JSON ints are widened) or null, and string columns
+take strings or null. Every invalid value becomes one 422 detail entry naming the record index,
 the field and the value. Unknown fields are ignored and counted.
 """
 
