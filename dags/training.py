@@ -61,7 +61,7 @@ def loopline_training():
             )
         except training.TrainingSkipped as skipped:
             raise AirflowSkipException(f"no training: {skipped}") from None
-        return {"window": window.to_dict(), "reason": trigger["reason"]}
+        return {"window": window.to_dict(), "reason": trigger["reason"], "cause": trigger["cause"]}
 
     @task
     def train(plan: dict, **context) -> dict:
@@ -75,7 +75,7 @@ def loopline_training():
     def register_and_gate(plan: dict, trained: dict) -> dict:
         from loopline import registry
 
-        return registry.register_and_gate(config(), trained, plan["reason"])
+        return registry.register_and_gate(config(), trained, plan["reason"], plan["cause"])
 
     plan = plan_window()
     register_and_gate(plan, train(plan))
@@ -91,13 +91,20 @@ def _trigger_of(context) -> dict:
             "start": None,
             "force": True,
             "reason": f"monitoring: {conf['reason']}",
+            "cause": "monitoring",
         }
 
     events = context["triggering_asset_events"].get(FEATURES_ASSET, []) if context.get("triggering_asset_events") else []
     dates = [event.extra["partition_date"] for event in events if event.extra and event.extra.get("partition_date")]
     if dates:
         newest = dt.date.fromisoformat(max(dates))
-        return {"end": newest + dt.timedelta(days=1), "start": None, "force": False, "reason": f"features updated to {newest}"}
+        return {
+            "end": newest + dt.timedelta(days=1),
+            "start": None,
+            "force": False,
+            "reason": f"features updated to {newest}",
+            "cause": "scheduled",
+        }
 
     if params.get("end"):
         end = dt.date.fromisoformat(params["end"])
@@ -109,7 +116,7 @@ def _trigger_of(context) -> dict:
             raise ValueError("no labelled feature partitions exist; run the data pipeline (or a backfill) first")
         end = days[-1] + dt.timedelta(days=1)
     start = dt.date.fromisoformat(params["start"]) if params.get("start") else None
-    return {"end": end, "start": start, "force": bool(params.get("force")), "reason": "manual"}
+    return {"end": end, "start": start, "force": bool(params.get("force")), "reason": "manual", "cause": "manual"}
 
 
 loopline_training()

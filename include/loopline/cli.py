@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser("rollback", help="move @champion back to the version it replaced")
     rollback.add_argument("--reason", required=True, help="why, recorded in the audit log and on the version")
 
+    promote = commands.add_parser("promote", help="move @champion to a given model version")
+    promote.add_argument("version", help="registered model version number, e.g. 3")
+    promote.add_argument("--reason", required=True, help="why, recorded in the audit log and on the version")
+
+    commands.add_parser("history", help="print every alias move from the registry audit log")
+
     commands.add_parser("summary", help="print the demo summary for the running services")
     return parser
 
@@ -52,17 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         run(host=args.host, port=args.port, poll_seconds=args.poll_seconds)
         return 0
 
-    if args.command == "rollback":
-        from loopline import registry
-        from loopline.config import cached_config
-
-        try:
-            result = registry.rollback(cached_config(), args.reason)
-        except registry.RollbackError as error:
-            print(f"rollback failed: {error}", file=sys.stderr)
-            return 1
-        print(json.dumps(result))
-        return 0
+    if args.command in ("rollback", "promote", "history"):
+        return _registry_command(args)
 
     from loopline import demo
 
@@ -77,6 +74,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1
     demo.print_summary(summary)
+    return 0
+
+
+def _registry_command(args: argparse.Namespace) -> int:
+    import os
+
+    # A registry that is down should fail in seconds, not after MLflow's default retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    from loopline import registry
+    from loopline.config import cached_config
+
+    if args.command == "history":
+        for entry in registry.history():
+            print(
+                f"{entry['at']}  {entry['action']:<8} {entry.get('from_version')} -> {entry.get('to_version')}  "
+                f"cause={entry.get('cause', '-')}  {entry.get('reason', '')}"
+            )
+        return 0
+    try:
+        if args.command == "rollback":
+            result = registry.rollback(cached_config(), args.reason)
+        else:
+            result = registry.promote(cached_config(), args.version, args.reason)
+    except registry.RegistryError as error:
+        print(f"{args.command} failed: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
     return 0
 
 

@@ -93,6 +93,7 @@ class TrainingConfig(_Strict):
 class RegistryConfig(_Strict):
     model_name: str = "loopline_flight_delay"
     min_log_loss_improvement: float = Field(default=0.0, ge=0)
+    max_roc_auc_drop: float = Field(default=0.01, ge=0, le=1)
 
 
 class ServingConfig(_Strict):

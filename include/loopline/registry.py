@@ -1,11 +1,14 @@
 """The registry gate: register a challenger, compare it with the champion, move the alias.
 
 Promotion uses MLflow aliases only (stages are deprecated since MLflow 2.9). The first
-version becomes ``@champion``. A later one replaces the champion only when its log loss on
-the challenger's holdout is lower than the champion's on the same rows by more than
-``registry.min_log_loss_improvement``. The decision and its evidence are written as
-version tags and appended to an audit log, a JSON-lines file in the state folder.
-``rollback`` moves the alias back to the previous champion.
+version becomes ``@champion``. A later one replaces the champion only when, on the
+challenger's holdout, its log loss is lower than the champion's by more than
+``registry.min_log_loss_improvement`` and its ROC AUC is at most
+``registry.max_roc_auc_drop`` below the champion's. Otherwise it gets ``@challenger``.
+
+The decision and its evidence are written as version tags. Every alias move is appended
+to an audit log, a JSON-lines file in the state folder, with the versions from and to,
+the reason and the cause. ``promote`` and ``rollback`` move the alias by hand.
 """
 
 from __future__ import annotations
@@ -22,10 +25,16 @@ logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# What moved an alias, as recorded in the audit log.
+CAUSES = ("scheduled", "manual", "monitoring", "cli", "rollback")
 
 
-class RollbackError(RuntimeError):
-    """The champion alias cannot be moved back."""
+class RegistryError(RuntimeError):
+    """The registry cannot do what was requested (unknown version, no champion, unreachable)."""
+
+
+# Kept as a name of its own because callers catch rollback failures specifically.
+RollbackError = RegistryError
 
 
 def audit_log_path():
@@ -33,13 +42,39 @@ def audit_log_path():
 
 
 def _append_audit(entry: dict[str, Any]) -> None:
-    path = audit_log_path()
-    with path.open("a", encoding="utf-8") as handle:
+    entry = {"at": dt.datetime.now(dt.timezone.utc).isoformat(), **entry}
+    with audit_log_path().open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
 
 
+def history() -> list[dict[str, Any]]:
+    """Return the audit log entries, oldest first."""
+    path = audit_log_path()
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _client():
+    """Return a configured MLflow client, or raise ``RegistryError`` when unreachable."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.configure()
+    try:
+        client.search_registered_models(max_results=1)
+    except (MlflowException, OSError) as error:
+        raise RegistryError(
+            f"cannot reach the MLflow registry at {settings.mlflow_tracking_uri()}: {error}; start it "
+            "(make services) or point LOOPLINE_MLFLOW_TRACKING_URI at a running tracking server"
+        ) from None
+    return client
+
+
 def champion_version(client, name: str):
-    """Return the model version holding ``@champion``, or None."""
+    """Return the model version with the ``@champion`` alias, or None.
+
+    The alias lookup is one registry call, so its cost does not grow with the number of runs.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
@@ -50,12 +85,13 @@ def champion_version(client, name: str):
         raise
 
 
-def register_and_gate(config: LooplineConfig, summary: dict[str, Any], reason: str) -> dict[str, Any]:
+def register_and_gate(config: LooplineConfig, summary: dict[str, Any], reason: str, cause: str = "scheduled") -> dict[str, Any]:
     """Register the trained model as a new version and promote it if it beats the champion."""
     import mlflow
 
     client = tracking.configure()
     name = config.model_name
+    gate = config.registry
     window = training.TrainingWindow.from_dict(summary["window"])
 
     current = champion_version(client, name)
@@ -68,8 +104,10 @@ def register_and_gate(config: LooplineConfig, summary: dict[str, Any], reason: s
         "challenger_version": version,
         "challenger_log_loss": summary["holdout_log_loss"],
         "challenger_roc_auc": summary["holdout_roc_auc"],
-        "margin": config.registry.min_log_loss_improvement,
+        "margin": gate.min_log_loss_improvement,
+        "roc_auc_tolerance": gate.max_roc_auc_drop,
         "reason": reason,
+        "cause": cause,
     }
     if current is None:
         promote = True
@@ -83,14 +121,7 @@ def register_and_gate(config: LooplineConfig, summary: dict[str, Any], reason: s
                 "champion_roc_auc": champion_quality["roc_auc"],
             }
         )
-        improvement = champion_quality["log_loss"] - summary["holdout_log_loss"]
-        promote = improvement > config.registry.min_log_loss_improvement
-        verdict = "promoted" if promote else "kept as challenger"
-        evidence["decision"] = (
-            f"{verdict}: log loss {summary['holdout_log_loss']:.5f} vs champion "
-            f"{champion_quality['log_loss']:.5f} (improvement {improvement:.5f}, margin "
-            f"{config.registry.min_log_loss_improvement})"
-        )
+        promote, evidence["decision"] = _compare(config, summary, champion_quality)
 
     for key, value in evidence.items():
         client.set_model_version_tag(name, version, f"gate.{key}", str(value))
@@ -102,15 +133,42 @@ def register_and_gate(config: LooplineConfig, summary: dict[str, Any], reason: s
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)
 
-    entry = {
-        "at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "action": "promote" if promote else "reject",
-        "model": name,
-        **evidence,
-    }
-    _append_audit(entry)
+    _append_audit(
+        {
+            "action": "promote" if promote else "reject",
+            "model": name,
+            "from_version": str(current.version) if current is not None else None,
+            "to_version": version if promote else (str(current.version) if current is not None else None),
+            **evidence,
+        }
+    )
     logger.info("registry gate for %s version %s: %s", name, version, evidence["decision"])
     return {"version": version, "promoted": promote, "decision": evidence["decision"]}
+
+
+def _compare(config: LooplineConfig, summary: dict[str, Any], champion: dict[str, Any]) -> tuple[bool, str]:
+    """Return whether the challenger wins, and the decision text with both models' numbers."""
+    gate = config.registry
+    improvement = champion["log_loss"] - summary["holdout_log_loss"]
+    wins_log_loss = improvement > gate.min_log_loss_improvement
+
+    challenger_auc = summary["holdout_roc_auc"]
+    champion_auc = champion["roc_auc"]
+    # An undefined AUC (a one-class holdout) cannot veto: log loss alone decides then.
+    auc_ok = challenger_auc is None or champion_auc is None or challenger_auc >= champion_auc - gate.max_roc_auc_drop
+
+    promote = wins_log_loss and auc_ok
+    verdict = "promoted" if promote else "kept as challenger"
+    text = (
+        f"{verdict}: log loss {summary['holdout_log_loss']:.5f} vs champion {champion['log_loss']:.5f} "
+        f"(improvement {improvement:.5f}, margin {gate.min_log_loss_improvement}); ROC AUC "
+        f"{_format(challenger_auc)} vs champion {_format(champion_auc)} (tolerance {gate.max_roc_auc_drop})"
+    )
+    return promote, text
+
+
+def _format(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.5f}"
 
 
 def _score_on_holdout(config: LooplineConfig, model_uri: str, window: training.TrainingWindow) -> dict:
@@ -123,25 +181,54 @@ def _score_on_holdout(config: LooplineConfig, model_uri: str, window: training.T
     return metrics.quality_summary(holdout[feature_set.label], probability)
 
 
-def rollback(config: LooplineConfig, reason: str) -> dict[str, Any]:
+def promote(config: LooplineConfig, version: str, reason: str) -> dict[str, Any]:
+    """Move ``@champion`` to ``version`` by hand, recording the version it replaces."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    name = config.model_name
+    try:
+        target = client.get_model_version(name, str(version))
+    except MlflowException:
+        known = sorted(int(item.version) for item in client.search_model_versions(f"name='{name}'"))
+        raise RegistryError(
+            f"model {name!r} has no version {version!r}; existing versions: {known or 'none'}"
+        ) from None
+
+    current = champion_version(client, name)
+    if current is not None and str(current.version) == str(target.version):
+        raise RegistryError(f"{name} version {version} already has @champion; nothing to do")
+    if current is not None:
+        client.set_model_version_tag(name, target.version, "gate.previous_champion", str(current.version))
+    client.set_registered_model_alias(name, CHAMPION, str(target.version))
+    client.set_model_version_tag(name, target.version, "gate.promoted_by_hand", reason)
+    from_version = str(current.version) if current is not None else None
+    _append_audit(
+        {"action": "promote", "cause": "cli", "model": name, "from_version": from_version, "to_version": str(target.version), "reason": reason}
+    )
+    logger.warning("promoted %s version %s to @champion by hand (was %s): %s", name, target.version, from_version, reason)
+    return {"from_version": from_version, "to_version": str(target.version)}
+
+
+def rollback(config: LooplineConfig, reason: str, cause: str = "rollback") -> dict[str, Any]:
     """Move ``@champion`` back to the version it replaced, recorded on the current one."""
-    client = tracking.configure()
+    client = _client()
     name = config.model_name
     current = champion_version(client, name)
     if current is None:
-        raise RollbackError(f"model {name!r} has no @champion to roll back; train and promote a model first")
+        raise RegistryError(f"model {name!r} has no @champion to roll back; train and promote a model first")
     previous = current.tags.get("gate.previous_champion")
     if not previous:
-        raise RollbackError(
+        raise RegistryError(
             f"{name} version {current.version} was the first champion, so there is no earlier version to "
-            "roll back to; promote another version with `mlflow` or retrain"
+            "roll back to; promote another version with `loopline promote VERSION --reason ...` or retrain"
         )
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.set_model_version_tag(name, current.version, "gate.rolled_back", reason)
     _append_audit(
         {
-            "at": dt.datetime.now(dt.timezone.utc).isoformat(),
             "action": "rollback",
+            "cause": cause,
             "model": name,
             "from_version": str(current.version),
             "to_version": previous,
@@ -161,4 +248,3 @@ def window_end_of(version) -> dt.date | None:
     params = client.get_run(run_id).data.params
     end = params.get("window_end")
     return dt.date.fromisoformat(end) if end else None
-

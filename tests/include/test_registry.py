@@ -1,0 +1,143 @@
+"""Registry gate on real data: a worse challenger is rejected, a better one promoted,
+rollback and promote move the alias with an audit trail, and training is reproducible."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pytest
+
+DAYS = [dt.date(2013, 1, 1) + dt.timedelta(days=offset) for offset in range(19)]
+
+
+@pytest.fixture(scope="module")
+def registry_env(tmp_path_factory):
+    """Feature and label partitions for 2013-01-01..19 and an empty MLflow store."""
+    home = tmp_path_factory.mktemp("registry")
+    saved = dict(os.environ)
+    os.environ["LOOPLINE_HOME"] = str(home)
+
+    from loopline import pipeline, store
+    from loopline.config import cached_config, load_config
+    from loopline.monitoring import store as monitoring_store
+
+    cached_config.cache_clear()
+    monitoring_store.get_engine.cache_clear()
+    config = load_config()
+    for day in DAYS:
+        pipeline.extract_flights(day)
+        # Validation has its own tests; this fixture only needs clean partitions.
+        store.write_partition(store.read_partition(store.RAW_FLIGHTS, day), pipeline.CLEAN_FLIGHTS, day)
+        pipeline.build_features(day, config)
+        pipeline.land_labels(day, config)
+    pipeline.land_labels(DAYS[-1] + dt.timedelta(days=1), config)
+    yield config
+    os.environ.clear()
+    os.environ.update(saved)
+    cached_config.cache_clear()
+    monitoring_store.get_engine.cache_clear()
+
+
+def _tiny(config):
+    """The config with a three-day window: two training days and one holdout day."""
+    training = config.training.model_copy(update={"min_days": 3, "holdout_days": 1, "window_days": 3})
+    return config.model_copy(update={"training": training})
+
+
+def _train(config, start, end):
+    from loopline import training
+
+    window = training.plan_window(config, end=end, start=start)
+    return training.train(config, window, {"test": "registry"})
+
+
+def test_gate_promotes_better_rejects_worse(registry_env):
+    from loopline import registry, tracking
+
+    config = registry_env
+    name = config.model_name
+    client = tracking.configure()
+
+    first = _train(_tiny(config), dt.date(2013, 1, 13), dt.date(2013, 1, 16))
+    decision = registry.register_and_gate(_tiny(config), first, "first model", "manual")
+    assert decision == {"version": "1", "promoted": True, "decision": "promoted: no champion yet"}
+
+    # Thirteen training days beat two on a holdout neither was trained on.
+    better = _train(config, dt.date(2013, 1, 3), dt.date(2013, 1, 19))
+    decision = registry.register_and_gate(config, better, "more data", "scheduled")
+    assert decision["promoted"] is True, decision["decision"]
+    assert str(registry.champion_version(client, name).version) == "2"
+    tags = client.get_model_version(name, "2").tags
+    assert tags["gate.champion_version"] == "1"
+    assert float(tags["gate.challenger_log_loss"]) < float(tags["gate.champion_log_loss"])
+    assert tags["gate.holdout"] == "2013-01-16..2013-01-18"
+    assert tags["gate.previous_champion"] == "1"
+    assert tags["gate.cause"] == "scheduled"
+
+    worse = _train(_tiny(config), dt.date(2013, 1, 16), dt.date(2013, 1, 19))
+    decision = registry.register_and_gate(_tiny(config), worse, "tiny window", "manual")
+    assert decision["promoted"] is False, decision["decision"]
+    assert decision["decision"].startswith("kept as challenger")
+    assert str(registry.champion_version(client, name).version) == "2"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "3"
+    tags = client.get_model_version(name, "3").tags
+    assert float(tags["gate.challenger_log_loss"]) > float(tags["gate.champion_log_loss"])
+    assert tags["gate.champion_version"] == "2"
+
+
+def test_rollback_restores_previous_and_server_follows(registry_env):
+    from fastapi.testclient import TestClient
+
+    from loopline import registry, tracking
+    from loopline.serving.app import create_app
+
+    config = registry_env
+    client = tracking.configure()
+    app = create_app(poll_seconds=3600)
+    with TestClient(app) as http:
+        assert http.get("/model").json()["version"] == "2"
+
+        result = registry.rollback(config, "holdout looked fine, live quality did not")
+        assert result == {"from_version": "2", "to_version": "1"}
+        assert str(registry.champion_version(client, config.model_name).version) == "1"
+
+        app.state.server.refresh()
+        assert http.get("/model").json()["version"] == "1"
+
+    entry = registry.history()[-1]
+    assert entry["action"] == "rollback"
+    assert entry["from_version"] == "2"
+    assert entry["to_version"] == "1"
+    assert entry["cause"] == "rollback"
+
+
+def test_promote_by_hand_and_unknown_version(registry_env):
+    from loopline import registry
+
+    config = registry_env
+    assert registry.promote(config, "2", "restore after the test") == {"from_version": "1", "to_version": "2"}
+    with pytest.raises(registry.RegistryError, match=r"has no version '9'; existing versions: \[1, 2, 3\]"):
+        registry.promote(config, "9", "typo")
+    with pytest.raises(registry.RegistryError, match="already has @champion"):
+        registry.promote(config, "2", "again")
+    actions = [(entry["action"], entry["to_version"]) for entry in registry.history()]
+    assert actions == [("promote", "1"), ("promote", "2"), ("reject", "2"), ("rollback", "1"), ("promote", "2")]
+
+
+def test_training_same_data_same_metrics(registry_env):
+    """Fixed seeds: two trainings on the same window give identical metrics."""
+    config = registry_env
+    first = _train(config, dt.date(2013, 1, 3), dt.date(2013, 1, 19))
+    second = _train(config, dt.date(2013, 1, 3), dt.date(2013, 1, 19))
+    assert first["holdout_log_loss"] == second["holdout_log_loss"]
+    assert first["holdout_roc_auc"] == second["holdout_roc_auc"]
+    assert first["run_id"] != second["run_id"]
+
+
+def test_rollback_first_champion_has_nowhere_to_go(tmp_path, monkeypatch, registry_env):
+    from loopline import registry
+
+    monkeypatch.setenv("LOOPLINE_HOME", str(tmp_path))
+    with pytest.raises(registry.RegistryError, match="has no @champion to roll back"):
+        registry.rollback(registry_env, "nothing promoted here")
