@@ -157,3 +157,16 @@ def test_loop_through_airflow(loop_env, dagbag):
     retrain = DagRun.find(dag_id="loopline_training", run_id=f"retrain__{scored_day.isoformat()}")
     assert len(retrain) == 1
     assert "quality_log_loss" in retrain[0].conf["reason"]
+
+    # XCom carries dates, paths and counts: every value any task returned stays under 1 KB.
+    import json
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        values = session.query(XComModel.dag_id, XComModel.task_id, XComModel.value).all()
+    assert {dag_id for dag_id, _, _ in values} >= {"loopline_data_pipeline", "loopline_training", "loopline_batch_scoring"}
+    for dag_id, task_id, value in values:
+        size = len(json.dumps(value, default=str))
+        assert size < 1024, f"{dag_id}.{task_id} pushed {size} bytes to XCom"
