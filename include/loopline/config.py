@@ -66,14 +66,22 @@ class SgdConfig(_Strict):
     tol: float = 1e-4
 
 
+CandidateFamily = Literal["sgd_logistic", "logistic_regression", "hist_gradient_boosting"]
+
+
 class TrainingConfig(_Strict):
     window_days: int = Field(default=28, ge=2)
     min_days: int = Field(default=14, ge=2)
     holdout_days: int = Field(default=3, ge=1)
+    validation_days: int = Field(default=2, ge=1)
     retrain_every_days: int = Field(default=7, ge=0)
     min_rows: int = Field(default=500, ge=2)
     seed: int = 13
     sgd: SgdConfig = SgdConfig()
+    # Settings tried per model family; each dict is passed to the scikit-learn estimator.
+    candidates: dict[CandidateFamily, list[dict[str, float | int | str]]] = Field(
+        default_factory=lambda: {"sgd_logistic": [{}]}, min_length=1
+    )
 
     @model_validator(mode="after")
     def _windows_fit(self) -> TrainingConfig:
@@ -82,10 +90,10 @@ class TrainingConfig(_Strict):
                 f"min_days={self.min_days} exceeds window_days={self.window_days}; "
                 "lower min_days or widen the window"
             )
-        if self.holdout_days >= self.min_days:
+        if self.holdout_days + self.validation_days >= self.min_days:
             raise ValueError(
-                f"holdout_days={self.holdout_days} leaves no training days when min_days="
-                f"{self.min_days}; keep holdout_days below min_days"
+                f"holdout_days={self.holdout_days} plus validation_days={self.validation_days} leave no "
+                f"training days when min_days={self.min_days}; keep their sum below min_days"
             )
         return self
 

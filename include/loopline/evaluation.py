@@ -91,12 +91,30 @@ def confusion_figure(labels, probability, threshold: float, title: str):
     return figure
 
 
+# Rows and repeats of the permutation importance: enough for a stable ranking of 19
+# features while costing a few seconds per training on 2 cores.
+IMPORTANCE_ROWS = 3000
+IMPORTANCE_REPEATS = 3
+
+
+def permutation_importance(pipeline, x_validation, y_validation, seed: int) -> np.ndarray:
+    """Return each feature's mean increase in validation log loss when its values are shuffled."""
+    from sklearn.inspection import permutation_importance as sklearn_permutation_importance
+
+    rows = x_validation.iloc[:IMPORTANCE_ROWS]
+    labels = np.asarray(y_validation)[:IMPORTANCE_ROWS]
+    result = sklearn_permutation_importance(
+        pipeline, rows, labels, scoring="neg_log_loss", n_repeats=IMPORTANCE_REPEATS, random_state=seed
+    )
+    return result.importances_mean
+
+
 def importance_figure(names: list[str], importance: np.ndarray, title: str):
     plt = _pyplot()
     order = np.argsort(importance)
     figure, axes = plt.subplots(figsize=(6, 0.3 * len(names) + 1.5))
     axes.barh(np.asarray(names)[order], importance[order])
-    axes.set(xlabel="|coefficient| on the standardised feature", title=title)
+    axes.set(xlabel="increase in validation log loss when shuffled", title=title)
     figure.tight_layout()
     return figure
 

@@ -30,7 +30,11 @@ CLASSIFIER_STEP = "classifier"
 
 # Types that the skops-serialized pipeline contains beyond scikit-learn's own. MLflow
 # stores this list with the model and skops refuses to load any type that is not on it.
-SKOPS_TRUSTED_TYPES = ["loopline.features.FeatureProcessor", "numpy.dtype"]
+SKOPS_TRUSTED_TYPES = [
+    "loopline.features.FeatureProcessor",
+    "numpy.dtype",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+]
 
 
 def build_pipeline(config: LooplineConfig) -> Pipeline:
@@ -95,7 +99,7 @@ def pip_requirements() -> list[str]:
 EPOCHS_WITHOUT_IMPROVEMENT = 5
 
 
-def fit_with_trace(pipeline: Pipeline, x_train, y_train, x_eval, y_eval, config: LooplineConfig) -> list[dict]:
+def fit_with_trace(pipeline: Pipeline, x_train, y_train, x_eval, y_eval) -> list[dict]:
     """Fit ``pipeline`` epoch by epoch and return the log loss after every epoch.
 
     The feature and scaling steps are fitted on the training rows; the classifier then
@@ -103,7 +107,6 @@ def fit_with_trace(pipeline: Pipeline, x_train, y_train, x_eval, y_eval, config:
     evaluation log loss of each epoch can be logged. The evaluation rows are only watched,
     never used to stop or select.
     """
-    sgd = config.training.sgd
     y_train = np.asarray(y_train, dtype="int64")
     y_eval = np.asarray(y_eval, dtype="int64")
     train_matrix = pipeline[:-1].fit_transform(x_train, y_train)
@@ -113,13 +116,13 @@ def fit_with_trace(pipeline: Pipeline, x_train, y_train, x_eval, y_eval, config:
     trace = []
     best = math.inf
     stale = 0
-    for epoch in range(1, sgd.max_iter + 1):
+    for epoch in range(1, classifier.max_iter + 1):
         classifier.partial_fit(train_matrix, y_train, classes=np.asarray([0, 1]))
         train_loss = metrics.log_loss(y_train, positive_probability(pipeline, train_matrix))
         eval_loss = metrics.log_loss(y_eval, positive_probability(pipeline, eval_matrix))
         trace.append({"epoch": epoch, "train_log_loss": train_loss, "holdout_log_loss": eval_loss})
 
-        stale = stale + 1 if train_loss > best - sgd.tol else 0
+        stale = stale + 1 if train_loss > best - classifier.tol else 0
         best = min(best, train_loss)
         if stale >= EPOCHS_WITHOUT_IMPROVEMENT:
             break

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopline import evaluation, metrics, modeling, store, tracking
+from loopline import candidates, evaluation, metrics, modeling, store, tracking
 from loopline.config import LooplineConfig
 from loopline.pipeline import VALIDATION_DATASET
 from loopline.monitoring import drift
@@ -39,16 +39,25 @@ class TrainingDataError(ValueError):
 
 @dataclass(frozen=True)
 class TrainingWindow:
-    """Flight dates ``[start, end)`` used for training; ``holdout_start`` opens the holdout."""
+    """Flight dates ``[start, end)``, split in time order into training, validation and holdout.
+
+    Candidates are fitted on the training days and compared on the validation days; the
+    registry gate compares the challenger with the champion on the holdout days.
+    """
 
     start: dt.date
     end: dt.date
+    validation_start: dt.date
     holdout_start: dt.date
     days: tuple[dt.date, ...]
 
     @property
     def train_days(self) -> list[dt.date]:
-        return [day for day in self.days if day < self.holdout_start]
+        return [day for day in self.days if day < self.validation_start]
+
+    @property
+    def validation_days(self) -> list[dt.date]:
+        return [day for day in self.days if self.validation_start <= day < self.holdout_start]
 
     @property
     def holdout_days(self) -> list[dt.date]:
@@ -62,6 +71,7 @@ class TrainingWindow:
         return {
             "start": self.start.isoformat(),
             "end": self.end.isoformat(),
+            "validation_start": self.validation_start.isoformat(),
             "holdout_start": self.holdout_start.isoformat(),
             "days": [day.isoformat() for day in self.days],
         }
@@ -71,6 +81,7 @@ class TrainingWindow:
         return cls(
             start=dt.date.fromisoformat(payload["start"]),
             end=dt.date.fromisoformat(payload["end"]),
+            validation_start=dt.date.fromisoformat(payload["validation_start"]),
             holdout_start=dt.date.fromisoformat(payload["holdout_start"]),
             days=tuple(dt.date.fromisoformat(day) for day in payload["days"]),
         )
@@ -108,7 +119,8 @@ def plan_window(
             f"{training.min_days}; run the data pipeline for more days first"
         )
     holdout_start = days[-training.holdout_days]
-    return TrainingWindow(start=start, end=end, holdout_start=holdout_start, days=days)
+    validation_start = days[-(training.holdout_days + training.validation_days)]
+    return TrainingWindow(start=start, end=end, validation_start=validation_start, holdout_start=holdout_start, days=days)
 
 
 def training_set(config: LooplineConfig, days: list[dt.date]) -> pd.DataFrame:
@@ -153,10 +165,13 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
 
     feature_set = config.feature_set
     frame = training_set(config, list(window.days))
-    train_frame = frame[_flight_dates(frame) < window.holdout_start]
-    holdout_frame = frame[_flight_dates(frame) >= window.holdout_start]
+    flight_dates = _flight_dates(frame)
+    train_frame = frame[flight_dates < window.validation_start]
+    validation_frame = frame[(flight_dates >= window.validation_start) & (flight_dates < window.holdout_start)]
+    holdout_frame = frame[flight_dates >= window.holdout_start]
 
     train_counts = check_trainable(train_frame, config, "training", window.label)
+    validation_counts = check_trainable(validation_frame, config, "validation", window.label)
     holdout_counts = check_trainable(holdout_frame, config, "holdout", window.label)
 
     run_tags = {
@@ -170,9 +185,9 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
     with tracking.task_run(tracking.TRAINING_EXPERIMENT, f"train {window.label}", run_tags) as run:
         mlflow.log_params(
             {
-                "model": "sgd_logistic",
                 "window_start": window.start.isoformat(),
                 "window_end": window.end.isoformat(),
+                "validation_start": window.validation_start.isoformat(),
                 "holdout_start": window.holdout_start.isoformat(),
                 "window_days": len(window.days),
                 "feature_set": f"{feature_set.name}/{feature_set.version}",
@@ -186,21 +201,30 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
             {
                 "train_rows": train_counts["rows"],
                 "train_positives": train_counts["positives"],
+                "validation_rows": validation_counts["rows"],
+                "validation_positives": validation_counts["positives"],
                 "holdout_rows": holdout_counts["rows"],
                 "holdout_positives": holdout_counts["positives"],
             }
         )
-        _log_datasets(config, window, train_frame, holdout_frame)
+        _log_datasets(config, window, train_frame, validation_frame, holdout_frame)
 
-        pipeline = modeling.build_pipeline(config)
         x_train = train_frame[feature_set.features]
+        x_validation = validation_frame[feature_set.features]
         x_holdout = holdout_frame[feature_set.features]
-        trace = modeling.fit_with_trace(
-            pipeline, x_train, train_frame[feature_set.label], x_holdout, holdout_frame[feature_set.label], config
+        selection = candidates.select(
+            config, x_train, train_frame[feature_set.label], x_validation, validation_frame[feature_set.label]
         )
-        for point in trace:
+        pipeline = selection.pipeline
+        mlflow.log_param("model", selection.best.label)
+        mlflow.set_tag("loopline.model_family", selection.best.family)
+        mlflow.log_dict({"candidates": selection.results, "chosen": selection.best.label}, "candidates.json")
+        for index, result in enumerate(selection.results):
+            mlflow.log_metric("candidate_validation_log_loss", result["validation_log_loss"], step=index)
+        # The descent of the best gradient-descent setting, whether or not it was chosen.
+        for point in selection.descent:
             mlflow.log_metrics(
-                {"epoch_train_log_loss": point["train_log_loss"], "epoch_holdout_log_loss": point["holdout_log_loss"]},
+                {"epoch_train_log_loss": point["train_log_loss"], "epoch_validation_log_loss": point["holdout_log_loss"]},
                 step=point["epoch"],
             )
 
@@ -208,19 +232,19 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
         holdout_probability = pipeline.predict_proba(x_holdout)[:, 1]
         holdout_quality = metrics.quality_summary(holdout_frame[feature_set.label], holdout_probability)
         summary_metrics = {
-            "epochs": len(trace),
+            "epochs": len(selection.descent),
+            "validation_log_loss": min(result["validation_log_loss"] for result in selection.results),
             "train_log_loss": metrics.log_loss(train_frame[feature_set.label], train_probability),
             **{f"holdout_{name}": value for name, value in holdout_quality.items() if name != "rows"},
         }
         mlflow.log_metrics({key: value for key, value in summary_metrics.items() if value is not None})
 
-        classifier = pipeline.named_steps[modeling.CLASSIFIER_STEP]
         evaluation.log_plots(
             holdout_frame[feature_set.label].to_numpy(),
             holdout_probability,
             config.serving.decision_threshold,
             feature_set.features,
-            np.abs(classifier.coef_[0]),
+            evaluation.permutation_importance(pipeline, x_validation, validation_frame[feature_set.label], config.training.seed),
             f"{window.holdout_days[0]}..{window.holdout_days[-1]}",
         )
 
@@ -291,13 +315,14 @@ def _flight_dates(frame: pd.DataFrame) -> np.ndarray:
     return pd.to_datetime(frame["flight_date"]).dt.date.to_numpy()
 
 
-def _log_datasets(config: LooplineConfig, window: TrainingWindow, train_frame, holdout_frame) -> None:
+def _log_datasets(config: LooplineConfig, window: TrainingWindow, train_frame, validation_frame, holdout_frame) -> None:
     import mlflow
 
     feature_set = config.feature_set
     source = str(store.partition_dir(store.feature_dataset(feature_set.name, feature_set.version), window.start).parent)
     for context, days, frame in (
         ("training", window.train_days, train_frame),
+        ("validation", window.validation_days, validation_frame),
         ("holdout", window.holdout_days, holdout_frame),
     ):
         dataset = mlflow.data.from_pandas(

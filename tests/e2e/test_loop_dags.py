@@ -115,6 +115,12 @@ def test_loop_through_airflow(loop_env, dagbag):
     assert descent[-1].value < descent[0].value
     assert run_data.data.tags["loopline.validation"] == "passed 8/8 partitions"
     assert len(run_data.data.tags["loopline.git_commit"]) in (40, len("unknown"))
+    assert run_data.data.tags["loopline.model_family"] in ("sgd_logistic", "logistic_regression", "hist_gradient_boosting")
+    assert {item.path for item in client.list_artifacts(champion.run_id)} >= {"candidates.json", "reference_profile.json"}
+    contexts = {
+        tag.value for item in run_data.inputs.dataset_inputs for tag in item.tags if tag.key == "mlflow.data.context"
+    }
+    assert contexts == {"training", "validation", "holdout"}
     plots = {item.path for item in client.list_artifacts(champion.run_id, "plots")}
     assert plots == {
         f"plots/{name}.png" for name in ("roc", "precision_recall", "calibration", "confusion_matrix", "feature_importance")

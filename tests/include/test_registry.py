@@ -40,8 +40,8 @@ def registry_env(tmp_path_factory):
 
 
 def _tiny(config):
-    """The config with a three-day window: two training days and one holdout day."""
-    training = config.training.model_copy(update={"min_days": 3, "holdout_days": 1, "window_days": 3})
+    """The config with a four-day window: two training days, one validation and one holdout day."""
+    training = config.training.model_copy(update={"min_days": 4, "holdout_days": 1, "validation_days": 1, "window_days": 4})
     return config.model_copy(update={"training": training})
 
 
@@ -59,11 +59,11 @@ def test_gate_promotes_better_rejects_worse(registry_env):
     name = config.model_name
     client = tracking.configure()
 
-    first = _train(_tiny(config), dt.date(2013, 1, 13), dt.date(2013, 1, 16))
+    first = _train(_tiny(config), dt.date(2013, 1, 12), dt.date(2013, 1, 16))
     decision = registry.register_and_gate(_tiny(config), first, "first model", "manual")
     assert decision == {"version": "1", "promoted": True, "decision": "promoted: no champion yet"}
 
-    # Thirteen training days beat two on a holdout neither was trained on.
+    # Eleven training days beat two on a holdout neither was trained on.
     better = _train(config, dt.date(2013, 1, 3), dt.date(2013, 1, 19))
     decision = registry.register_and_gate(config, better, "more data", "scheduled")
     assert decision["promoted"] is True, decision["decision"]
@@ -75,7 +75,7 @@ def test_gate_promotes_better_rejects_worse(registry_env):
     assert tags["gate.previous_champion"] == "1"
     assert tags["gate.cause"] == "scheduled"
 
-    worse = _train(_tiny(config), dt.date(2013, 1, 16), dt.date(2013, 1, 19))
+    worse = _train(_tiny(config), dt.date(2013, 1, 15), dt.date(2013, 1, 19))
     decision = registry.register_and_gate(_tiny(config), worse, "tiny window", "manual")
     assert decision["promoted"] is False, decision["decision"]
     assert decision["decision"].startswith("kept as challenger")

@@ -55,3 +55,40 @@ def test_decide_window_waits_for_cadence(monkeypatch):
         training.decide_window(config, end=dt.date(2013, 1, 18), champion_window_end=dt.date(2013, 1, 16))
     forced = training.decide_window(config, end=dt.date(2013, 1, 18), force=True, champion_window_end=dt.date(2013, 1, 16))
     assert forced.end == dt.date(2013, 1, 18)
+
+
+def test_candidates_expand_config_grid():
+    from loopline import candidates
+
+    config = load_config()
+    labels = [candidate.label for candidate in candidates.candidates(config)]
+    assert labels[:2] == ["sgd_logistic(alpha=0.0001)", "sgd_logistic(alpha=0.001)"]
+    assert len(labels) == sum(len(grid) for grid in config.training.candidates.values())
+
+
+def test_candidate_invalid_setting_named():
+    from loopline import candidates
+
+    with pytest.raises(ValueError, match=r"invalid setting for candidate logistic_regression\(depth=3\)"):
+        candidates.build(load_config(), candidates.Candidate("logistic_regression", {"depth": 3}))
+
+
+def test_select_keeps_lowest_validation_loss():
+    """Selection on real rows returns the candidate with the lowest validation log loss."""
+    from loopline import candidates, sources
+
+    config = load_config()
+    features = config.feature_set.features
+    train = pd.concat([sources.flight_feed(dt.date(2013, 1, day)) for day in (2, 3, 4)], ignore_index=True)
+    train_labels = pd.concat([sources.label_feed(dt.date(2013, 1, day)) for day in (2, 3, 4)], ignore_index=True)
+    validation = sources.flight_feed(dt.date(2013, 1, 5))
+    validation_labels = sources.label_feed(dt.date(2013, 1, 5))
+    train = train.merge(train_labels, on="flight_id")
+    validation = validation.merge(validation_labels, on="flight_id")
+
+    selection = candidates.select(config, train[features], train["delayed"], validation[features], validation["delayed"])
+
+    losses = {result["candidate"]: result["validation_log_loss"] for result in selection.results}
+    assert selection.best.label == min(losses, key=losses.get)
+    assert len(selection.descent) >= 1
+    assert selection.descent[-1]["train_log_loss"] < selection.descent[0]["train_log_loss"]
