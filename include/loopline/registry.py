@@ -25,16 +25,13 @@ logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-# What moved an alias, as recorded in the audit log.
+# Causes of an alias move, as recorded in the audit log.
 CAUSES = ("scheduled", "manual", "monitoring", "cli", "rollback")
 
 
 class RegistryError(RuntimeError):
     """The registry cannot do what was requested (unknown version, no champion, unreachable)."""
 
-
-# Kept as a name of its own because callers catch rollback failures specifically.
-RollbackError = RegistryError
 
 
 def audit_log_path():
@@ -133,14 +130,10 @@ def register_and_gate(config: LooplineConfig, summary: dict[str, Any], reason: s
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)
 
+    from_version = str(current.version) if current is not None else None
+    to_version = version if promote else from_version
     _append_audit(
-        {
-            "action": "promote" if promote else "reject",
-            "model": name,
-            "from_version": str(current.version) if current is not None else None,
-            "to_version": version if promote else (str(current.version) if current is not None else None),
-            **evidence,
-        }
+        {"action": "promote" if promote else "reject", "model": name, "from_version": from_version, "to_version": to_version, **evidence}
     )
     logger.info("registry gate for %s version %s: %s", name, version, evidence["decision"])
     return {"version": version, "promoted": promote, "decision": evidence["decision"]}
