@@ -42,7 +42,7 @@ from loopline_airflow import CHAMPION_ASSET, DEFAULT_ARGS, FEATURES_ASSET, confi
 def loopline_training():
     @task
     def plan_window(**context) -> dict:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         from loopline import registry, tracking, training
 

@@ -29,6 +29,14 @@ for name in ("LOOPLINE_MLFLOW_TRACKING_URI", "LOOPLINE_MONITORING_DB_URL", "LOOP
 sys.path.insert(0, str(REPO_ROOT / "plugins"))
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's state folder unless LOOPLINE_KEEP_TEST_HOME is set."""
+    import shutil
+
+    if not os.environ.get("LOOPLINE_KEEP_TEST_HOME"):
+        shutil.rmtree(SESSION_HOME, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -360,9 +360,10 @@ def decide_window(
     window = plan_window(config, end, start)
     every = config.training.retrain_every_days
     if not force and champion_window_end is not None and window.end < champion_window_end + dt.timedelta(days=every):
+        due = champion_window_end + dt.timedelta(days=every)
         raise TrainingSkipped(
-            f"the champion was trained on data up to {champion_window_end}; the next scheduled retrain is "
-            f"due once the window reaches {champion_window_end + dt.timedelta(days=every)} "
+            f"the champion's training window ends before {champion_window_end} and this one before "
+            f"{window.end}; the next scheduled retrain is due for a window ending on or after {due} "
             f"(training.retrain_every_days={every}); trigger with force=true to train now"
         )
     return window
