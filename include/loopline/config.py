@@ -58,6 +58,11 @@ class SourceConfig(_Strict):
     delay_threshold_minutes: float = 15
 
 
+class ValidationConfig(_Strict):
+    # The task fails when a larger share of a partition's rows breaks a row rule.
+    max_quarantine_share: float = Field(default=0.01, ge=0, le=1)
+
+
 class SgdConfig(_Strict):
     alpha: float = Field(default=1e-4, gt=0)
     learning_rate: Literal["constant", "optimal", "invscaling", "adaptive"] = "optimal"
@@ -132,6 +137,7 @@ class MonitoringConfig(_Strict):
 class LooplineConfig(_Strict):
     feature_set: FeatureSetConfig
     source: SourceConfig = SourceConfig()
+    validation: ValidationConfig = ValidationConfig()
     training: TrainingConfig = TrainingConfig()
     registry: RegistryConfig = RegistryConfig()
     serving: ServingConfig = ServingConfig()

@@ -17,6 +17,7 @@ from loopline.monitoring import store as monitoring_store
 logger = logging.getLogger(__name__)
 
 CLEAN_FLIGHTS = "clean/flights"
+QUARANTINE_FLIGHTS = "quarantine/flights"
 VALIDATION_DATASET = "validation/flights"
 
 
@@ -27,15 +28,39 @@ def extract_flights(day: dt.date) -> dict[str, Any]:
     return {"date": day.isoformat(), "rows": len(frame), "path": str(path)}
 
 
-def validate_flights(day: dt.date) -> dict[str, Any]:
-    """Validate the raw partition of ``day``; on success write it as the clean partition."""
+def validate_flights(day: dt.date, config: LooplineConfig) -> dict[str, Any]:
+    """Split the raw partition of ``day`` into clean and quarantined rows and validate it.
+
+    Quarantined rows are written with their reasons first, so they can be inspected even
+    when the task then fails. The task fails when the quarantined share exceeds
+    ``validation.max_quarantine_share`` or the clean rows fail the expectation suite.
+    """
     frame = store.read_partition(store.RAW_FLIGHTS, day)
+    clean, quarantined = validation.split_rows(frame)
+    if len(clean) + len(quarantined) != len(frame):
+        raise RuntimeError(f"row split of {day} lost rows: {len(frame)} in, {len(clean)} clean, {len(quarantined)} quarantined")
+    quarantine_path = store.write_partition(quarantined, QUARANTINE_FLIGHTS, day)
+    reasons = quarantined["quarantine_reason"].value_counts().head(10).to_dict()
+    if len(quarantined):
+        logger.warning("quarantined %d of %d rows of %s: %s", len(quarantined), len(frame), day, reasons)
+
+    limit = config.validation.max_quarantine_share
+    share = len(quarantined) / len(frame) if len(frame) else 0.0
+    if share > limit:
+        raise validation.ValidationFailed(
+            f"partition {day} has {len(quarantined)} of {len(frame)} rows ({share:.1%}) breaking row rules, "
+            f"above validation.max_quarantine_share={limit:.1%}: {reasons}; the rows are in {quarantine_path}",
+            {"partition": day.isoformat(), "rows": len(frame), "quarantined": len(quarantined), "reasons": reasons},
+        )
+
     result_path = store.partition_dir(VALIDATION_DATASET, day) / "result.json"
-    summary = validation.validate_partition(frame, day.isoformat(), result_path)
-    path = store.write_partition(frame, CLEAN_FLIGHTS, day)
+    summary = validation.validate_partition(clean, day.isoformat(), result_path)
+    path = store.write_partition(clean, CLEAN_FLIGHTS, day)
     return {
         "date": day.isoformat(),
+        "rows_in": len(frame),
         "rows": summary["rows"],
+        "quarantined": len(quarantined),
         "evaluated_expectations": summary["evaluated_expectations"],
         "result_path": str(result_path),
         "clean_path": str(path),

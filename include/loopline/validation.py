@@ -58,6 +58,40 @@ class ValidationFailed(RuntimeError):
         self.summary = summary
 
 
+def split_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a partition into clean rows and quarantined rows with a reason each.
+
+    Row rules are the hard ones of the suite: non-null keys, allowed origins and carriers,
+    ranges that allow no outlier, and unique flight ids (the first row of an id is kept).
+    Weather ranges allow outliers in the suite, so they quarantine nothing here. Every row
+    ends up in exactly one of the two frames.
+    """
+    # One boolean column per rule, named by the reason a row breaks it.
+    flags = pd.DataFrame(index=frame.index)
+    for name in NOT_NULL_COLUMNS:
+        if name in frame.columns:
+            flags[f"{name} is null"] = frame[name].isna()
+    if "origin" in frame.columns:
+        flags["origin not in allowed set"] = frame["origin"].notna() & ~frame["origin"].isin(ORIGINS)
+    if "carrier" in frame.columns:
+        flags["carrier not in allowed set"] = frame["carrier"].notna() & ~frame["carrier"].isin(CARRIERS)
+    for name, low, high, mostly in RANGES:
+        if mostly == 1.0 and name in frame.columns:
+            values = pd.to_numeric(frame[name], errors="coerce")
+            flags[f"{name} outside [{low}, {high}]"] = values.notna() & ((values < low) | (values > high))
+    if "flight_id" in frame.columns:
+        flags["duplicate flight_id"] = frame["flight_id"].notna() & frame["flight_id"].duplicated(keep="first")
+
+    flags = flags.fillna(False).astype(bool)
+    bad = flags.any(axis=1) if len(flags.columns) else pd.Series(False, index=frame.index)
+    quarantined = frame[bad].copy()
+    quarantined["quarantine_reason"] = [
+        "; ".join(reason for reason, broken in row.items() if broken) for _, row in flags[bad].iterrows()
+    ]
+    quarantined["quarantine_reason"] = quarantined["quarantine_reason"].astype("str")
+    return frame[~bad].copy(), quarantined
+
+
 def _import_gx():
     # Raise GX's loggers to WARNING before the import, or its INFO lines flood task logs,
     # and keep its usage statistics off: this product must not call out to the internet.

@@ -43,3 +43,71 @@ def test_validate_bad_values_fail_with_summary(partition, tmp_path):
 def test_validate_empty_partition_fails(partition, tmp_path):
     with pytest.raises(validation.ValidationFailed, match="expect_table_row_count_to_be_between: observed 0"):
         validation.validate_partition(partition.iloc[:0], "2013-01-05", tmp_path / "result.json")
+
+
+def test_split_rows_quarantines_with_reasons(partition):
+    broken = partition.copy()
+    broken.loc[0, "origin"] = "XXX"
+    broken.loc[1, "flight_id"] = None
+    broken.loc[2, "distance"] = -5.0
+    broken.loc[3, "flight_id"] = broken.loc[4, "flight_id"]
+
+    clean, quarantined = validation.split_rows(broken)
+
+    assert len(clean) + len(quarantined) == len(broken)
+    assert len(quarantined) == 4
+    assert quarantined["quarantine_reason"].tolist() == [
+        "origin not in allowed set",
+        "flight_id is null",
+        "distance outside [1, 6000]",
+        "duplicate flight_id",
+    ]
+    assert clean["flight_id"].is_unique
+
+
+def test_split_rows_clean_partition_keeps_all(partition):
+    clean, quarantined = validation.split_rows(partition)
+    assert len(clean) == len(partition)
+    assert len(quarantined) == 0
+    assert "quarantine_reason" in quarantined.columns
+
+
+@pytest.fixture
+def pipeline_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOPLINE_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_validate_flights_counts_every_row(partition, pipeline_home):
+    """A few bad rows are quarantined and the rest pass: rows in = clean + quarantined."""
+    from loopline import pipeline, store
+    from loopline.config import load_config
+
+    day = dt.date(2013, 1, 5)
+    broken = partition.copy()
+    broken.loc[0, "carrier"] = "ZZ"
+    store.write_partition(broken, store.RAW_FLIGHTS, day)
+
+    summary = pipeline.validate_flights(day, load_config())
+
+    assert summary["rows_in"] == 720
+    assert summary["rows"] == 719
+    assert summary["quarantined"] == 1
+    quarantined = store.read_partition(pipeline.QUARANTINE_FLIGHTS, day)
+    assert quarantined["quarantine_reason"].tolist() == ["carrier not in allowed set"]
+    assert len(store.read_partition(pipeline.CLEAN_FLIGHTS, day)) == 719
+
+
+def test_validate_flights_too_many_bad_rows_fails(partition, pipeline_home):
+    from loopline import pipeline, store
+    from loopline.config import load_config
+
+    day = dt.date(2013, 1, 5)
+    broken = partition.copy()
+    broken.loc[:19, "origin"] = "XXX"
+    store.write_partition(broken, store.RAW_FLIGHTS, day)
+
+    with pytest.raises(validation.ValidationFailed, match=r"20 of 720 rows \(2.8%\).*max_quarantine_share=1.0%"):
+        pipeline.validate_flights(day, load_config())
+    assert len(store.read_partition(pipeline.QUARANTINE_FLIGHTS, day)) == 20
+    assert store.available_days(pipeline.CLEAN_FLIGHTS) == []
