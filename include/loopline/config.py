@@ -113,10 +113,15 @@ class ServingConfig(_Strict):
     decision_threshold: float = Field(default=0.5, gt=0, lt=1)
 
 
+# Drift metrics computed per categorical feature; the others are per numerical feature or
+# for the whole model.
+CATEGORICAL_METRICS = frozenset({"chi2_pvalue", "categorical_psi", "unseen_category_rate"})
+
+
 class RuleConfig(_Strict):
     name: str
     # log_loss_ratio is the live log loss divided by the model's holdout log loss.
-    metric: Literal["psi", "log_loss", "log_loss_ratio"]
+    metric: Literal["psi", "log_loss", "log_loss_ratio", "chi2_pvalue", "categorical_psi", "unseen_category_rate"]
     features: list[str] = Field(default_factory=list)
     threshold: float
     direction: Literal["above", "below"] = "above"
@@ -145,14 +150,17 @@ class LooplineConfig(_Strict):
 
     @model_validator(mode="after")
     def _rules_name_known_features(self) -> LooplineConfig:
-        known = set(self.feature_set.numerical)
         for rule in self.monitoring.rules:
+            if rule.metric in CATEGORICAL_METRICS:
+                known, kind = set(self.feature_set.categorical), "categorical"
+            else:
+                known, kind = set(self.feature_set.numerical), "numerical"
             unknown = [name for name in rule.features if name not in known]
             if unknown:
                 raise ValueError(
                     f"monitoring rule {rule.name!r} names features {unknown} that are not "
-                    "numerical features of the feature set; PSI is computed for numerical "
-                    "features only"
+                    f"{kind} features of the feature set; metric {rule.metric} is computed for "
+                    f"{kind} features only"
                 )
         return self
 

@@ -248,7 +248,9 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
             f"{window.holdout_days[0]}..{window.holdout_days[-1]}",
         )
 
-        profile = drift.reference_profile(train_frame, list(feature_set.numerical), config.monitoring.psi_bins)
+        profile = drift.reference_profile(
+            train_frame, list(feature_set.numerical), config.monitoring.psi_bins, list(feature_set.categorical)
+        )
         mlflow.log_dict(profile, REFERENCE_PROFILE_ARTIFACT)
         fitted = pipeline.named_steps[modeling.FEATURES_STEP]
         mlflow.log_dict(

@@ -152,6 +152,14 @@ def test_loop_through_airflow(loop_env, dagbag):
                 monitoring_store.metric_values.c.partition_date == scored_day.isoformat(),
             )
         ).one()
+        categorical = connection.execute(
+            sa.select(monitoring_store.metric_values.c.feature, monitoring_store.metric_values.c.value).where(
+                monitoring_store.metric_values.c.metric == "chi2_pvalue",
+                monitoring_store.metric_values.c.partition_date == scored_day.isoformat(),
+            )
+        ).all()
+    assert {feature for feature, _ in categorical} == set(config.feature_set.categorical)
+    assert all(0 <= value <= 1 for _, value in categorical)
     assert ratio.status == "ok"
     assert 0.5 < ratio.value < 2.0
     counts = monitoring_store.table_counts(engine)

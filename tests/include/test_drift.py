@@ -64,3 +64,40 @@ def test_reference_profile_all_missing_column():
     assert profile["features"]["x"]["shares"] == [0.0, 1.0]
     results = drift.feature_psi(profile, pd.DataFrame({"x": [np.nan, 1.0], "y": [1.0, 2.0]}), 1e-4, 1)
     assert all(result.status == "ok" for result in results)
+
+
+def test_categorical_drift_new_category_named():
+    """A category only in the current window counts over the union, never a shape error."""
+    reference = {"card": 50, "cash": 50}
+    current = pd.Series(["card"] * 30 + ["cash"] * 30 + ["wallet"] * 40)
+
+    result = drift.categorical_drift(reference, current, epsilon=1e-4, min_rows=1, feature="payment")
+
+    assert result.status == "ok"
+    assert result.chi2_statistic == pytest.approx(50.0)
+    assert result.chi2_pvalue == pytest.approx(1.3888e-11, rel=1e-3)
+    assert result.psi == pytest.approx(3.52, abs=0.005)
+    assert result.unseen_rate == pytest.approx(0.4)
+    assert result.new_categories == {"wallet": pytest.approx(0.4)}
+
+
+def test_categorical_drift_vanished_category_symmetric():
+    """A category gone from the current window is drift too, with no new category."""
+    result = drift.categorical_drift({"card": 50, "cash": 50}, pd.Series(["card"] * 30), 1e-4, 1)
+    assert result.chi2_pvalue < 1e-5
+    assert result.unseen_rate == 0.0
+    assert result.new_categories == {}
+
+
+def test_categorical_drift_missing_values_are_a_category():
+    reference = {"a": 5, "__MISSING__": 5}
+    result = drift.categorical_drift(reference, pd.Series(["a"] * 5 + [None] * 3 + ["N/A"] * 2), 1e-4, 1)
+    assert result.chi2_statistic == pytest.approx(0.0)
+    assert result.psi == 0.0
+    assert result.unseen_rate == 0.0
+
+
+def test_categorical_drift_empty_window_not_computed():
+    result = drift.categorical_drift({"a": 1}, pd.Series([], dtype="object"), 1e-4, 1)
+    assert result.status == "empty_window"
+    assert result.chi2_pvalue is None

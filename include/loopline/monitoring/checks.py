@@ -59,6 +59,19 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
         _metric_row("psi", result.feature, result.value, result.status, result.sample_size, version, monitoring.policy_version, reference)
         for result in drift.feature_psi(profile, features, monitoring.psi_epsilon, monitoring.min_rows)
     ]
+    new_categories = {}
+    for name, counts in profile.get("categorical", {}).items():
+        result = drift.categorical_drift(counts, features[name], monitoring.psi_epsilon, monitoring.min_rows, name)
+        for metric, value in (
+            ("chi2_pvalue", result.chi2_pvalue),
+            ("categorical_psi", result.psi),
+            ("unseen_category_rate", result.unseen_rate),
+        ):
+            metric_rows.append(_metric_row(metric, name, value, result.status, result.sample_size, version, monitoring.policy_version, reference))
+        if result.new_categories:
+            new_categories[name] = {category: round(share, 4) for category, share in list(result.new_categories.items())[:5]}
+    if new_categories:
+        logger.warning("categories unseen in training on %s (share of the day's rows): %s", day, new_categories)
 
     # Labels arrive days after the flights, so quality covers the trailing window before
     # the day, with the labels that had arrived by the day itself.
@@ -108,6 +121,7 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
         "model_version": version,
         "metrics": len(metric_rows),
         "labelled_rows": len(labelled),
+        "new_categories": {name: list(shares)[:3] for name, shares in new_categories.items()},
         "alerts": [f"{row['rule']}:{row['metric']}:{row['feature'] or '-'}" for row in alert_rows][:20],
         "retrain": retrain,
     }

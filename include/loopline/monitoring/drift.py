@@ -11,6 +11,16 @@ Reference card for PSI:
   an empty bin gives a large finite value instead of infinity;
 * the threshold bounds the score from above: PSI above it is drift. Identical windows
   give exactly 0.0; an empty current window gives no value ("not computed").
+
+Reference card for categorical drift (``categorical_drift``):
+
+* applies to categorical features, after missing spellings are folded into one category;
+* compares category counts over the union of the reference and current categories, so a
+  category new in the current window, or gone from it, counts with 0 on the other side;
+* reports Pearson's chi-squared statistic and its p-value on the 2 x k contingency table
+  (no continuity correction), the PSI over the same categories with the same epsilon,
+  and the current rows' share of categories unseen in the reference, naming them;
+* a p-value below its threshold, a PSI or an unseen share above its threshold is drift.
 """
 
 from __future__ import annotations
@@ -44,8 +54,9 @@ def _bin_shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return counts / values.size
 
 
-def reference_profile(frame: pd.DataFrame, numerical: list[str], bins: int) -> dict:
-    """Return the binned distribution of each numerical feature in the training window."""
+def reference_profile(frame: pd.DataFrame, numerical: list[str], bins: int, categorical: list[str] = ()) -> dict:
+    """Return the binned distribution of each numerical feature and the category counts of
+    each categorical feature in the training window."""
     features = {}
     for name in numerical:
         values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
@@ -57,7 +68,64 @@ def reference_profile(frame: pd.DataFrame, numerical: list[str], bins: int) -> d
             edges = np.unique(np.quantile(observed, quantiles))
         shares = _bin_shares(values, edges) if values.size else np.zeros(edges.size + 2)
         features[name] = {"edges": edges.tolist(), "shares": shares.tolist(), "rows": int(values.size)}
-    return {"format": PROFILE_FORMAT, "bins": bins, "features": features}
+    categories = {name: _category_counts(frame[name]) for name in categorical}
+    return {"format": PROFILE_FORMAT, "bins": bins, "features": features, "categorical": categories}
+
+
+def _category_counts(values: pd.Series) -> dict[str, int]:
+    from loopline.features import normalize_category
+
+    counts = values.map(normalize_category).value_counts(sort=False)
+    return {str(category): int(count) for category, count in sorted(counts.items())}
+
+
+@dataclass(frozen=True)
+class CategoricalDrift:
+    """Drift of one categorical feature over the union of reference and current categories."""
+
+    feature: str
+    status: str  # "ok", or why there is no value
+    sample_size: int
+    chi2_statistic: float | None = None
+    chi2_pvalue: float | None = None
+    psi: float | None = None
+    unseen_rate: float | None = None
+    new_categories: dict[str, float] | None = None
+
+
+def categorical_drift(reference_counts: dict[str, int], current: pd.Series, epsilon: float, min_rows: int, feature: str = "") -> CategoricalDrift:
+    """Return chi-squared, PSI and the unseen share of ``current`` against reference counts."""
+    from scipy.stats import chi2_contingency
+
+    current_counts = _category_counts(current)
+    rows = int(sum(current_counts.values()))
+    if rows == 0:
+        return CategoricalDrift(feature, "empty_window", 0)
+    if rows < min_rows:
+        return CategoricalDrift(feature, "insufficient_data", rows)
+    if not reference_counts:
+        return CategoricalDrift(feature, "empty_reference", rows)
+
+    categories = sorted(set(reference_counts) | set(current_counts))
+    reference = np.asarray([reference_counts.get(name, 0) for name in categories], dtype="float64")
+    observed = np.asarray([current_counts.get(name, 0) for name in categories], dtype="float64")
+    if len(categories) == 1:
+        # One category on both sides: the distributions are identical.
+        statistic, pvalue = 0.0, 1.0
+    else:
+        statistic, pvalue, _, _ = chi2_contingency(np.vstack([reference, observed]), correction=False)
+
+    new = {name: current_counts[name] / rows for name in current_counts if name not in reference_counts}
+    return CategoricalDrift(
+        feature,
+        "ok",
+        rows,
+        chi2_statistic=float(statistic),
+        chi2_pvalue=float(pvalue),
+        psi=psi(reference / reference.sum(), observed / rows, epsilon),
+        unseen_rate=float(sum(new.values())),
+        new_categories=dict(sorted(new.items(), key=lambda item: -item[1])),
+    )
 
 
 def psi(reference_shares, current_shares, epsilon: float) -> float:
