@@ -35,7 +35,7 @@ from loopline_airflow import CHAMPION_ASSET, DEFAULT_ARGS, FEATURES_ASSET, confi
     doc_md=__doc__,
     params={
         "start": Param(None, type=["null", "string"], format="date", description="First flight date of the window (inclusive)."),
-        "end": Param(None, type=["null", "string"], format="date", description="End of the window (exclusive); default: the newest partition + 1 day."),
+        "end": Param(None, type=["null", "string"], format="date", description="End of the window (exclusive); default: the day after the newest labelled partition."),
         "force": Param(False, type="boolean", description="Train even if the champion is younger than training.retrain_every_days."),
     },
 )
