@@ -62,6 +62,8 @@ def loopline_monitoring():
         task_id="trigger_training",
         trigger_dag_id="loopline_training",
         trigger_run_id="retrain__{{ ds }}",
+        # The data day that raised the request, so the run sits on the 2013 timeline.
+        logical_date="{{ logical_date }}",
         conf="{{ ti.xcom_pull(task_ids='request_retrain') }}",
         skip_when_already_exists=True,
     )

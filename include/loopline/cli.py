@@ -1,4 +1,4 @@
-"""The ``loopline`` command: demo, serve, rollback and summary."""
+"""The loopline command: demo, serve, summary, and the registry's promote, rollback and history."""
 
 from __future__ import annotations
 
@@ -88,10 +88,11 @@ def _registry_command(args: argparse.Namespace) -> int:
 
     if args.command == "history":
         for entry in registry.history():
-            print(
-                f"{entry['at']}  {entry['action']:<8} {entry.get('from_version')} -> {entry.get('to_version')}  "
-                f"cause={entry.get('cause', '-')}  {entry.get('reason', '')}"
-            )
+            if entry["action"] == "reject":
+                move = f"version {entry.get('challenger_version')} rejected, @champion stays {entry.get('from_version')}"
+            else:
+                move = f"@champion {entry.get('from_version')} -> {entry.get('to_version')}"
+            print(f"{entry['at']}  {entry['action']:<8} {move}  cause={entry.get('cause', '-')}  {entry.get('reason', '')}")
         return 0
     try:
         if args.command == "rollback":

@@ -249,11 +249,18 @@ def summarize(api: AirflowApi) -> dict[str, Any]:
     engine = monitoring_store.get_engine()
     counts = monitoring_store.table_counts(engine)
     retrains = [run["dag_run_id"] for run in api.dag_runs(TRAINING) if run["dag_run_id"].startswith("retrain__")]
+    # What the registry gate decided for each model that a monitoring retrain produced.
+    retrain_decisions = [
+        f"version {entry.get('challenger_version')} {entry['decision']}"
+        for entry in registry.history()
+        if entry.get("cause") == "monitoring"
+    ]
     return {
         "dag_runs": runs,
         "champion": champion_summary,
         "store": counts,
         "retrain_runs": retrains,
+        "retrain_decisions": retrain_decisions,
     }
 
 
@@ -281,6 +288,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"{store['retrain_requests']} retrain requests"
     )
     lines.append(f"retrains triggered by monitoring: {len(summary['retrain_runs'])} {summary['retrain_runs']}")
+    for decision in summary["retrain_decisions"]:
+        lines.append(f"  registry gate: {decision}")
+    if summary["retrain_runs"] and not summary["retrain_decisions"]:
+        lines.append("  registry gate: no new version (the retrain runs skipped; their plan_window logs say why)")
     lines.append("Where to look:")
     lines.append(f"  Airflow UI    http://127.0.0.1:{airflow_port}  (user admin, password in {_password_file()})")
     lines.append(f"  MLflow UI     http://127.0.0.1:{mlflow_port}")

@@ -116,6 +116,9 @@ def register_and_gate(config: LooplineConfig, summary: dict[str, Any], reason: s
                 "champion_version": str(current.version),
                 "champion_log_loss": champion_quality["log_loss"],
                 "champion_roc_auc": champion_quality["roc_auc"],
+                # Days of this holdout that the champion trained or was selected on; above 0
+                # the comparison favours the champion.
+                "holdout_days_seen_by_champion": _days_seen_by(client, current, window.holdout_days),
             }
         )
         promote, evidence["decision"] = _compare(config, summary, champion_quality)
@@ -158,6 +161,15 @@ def _compare(config: LooplineConfig, summary: dict[str, Any], champion: dict[str
         f"{_format(challenger_auc)} vs champion {_format(champion_auc)} (tolerance {gate.max_roc_auc_drop})"
     )
     return promote, text
+
+
+def _days_seen_by(client, version, days: list[dt.date]) -> int:
+    """Return how many of ``days`` fall before the holdout of ``version``'s training window."""
+    run_id = version.tags.get("loopline.run_id") or version.run_id
+    holdout_start = client.get_run(run_id).data.params.get("holdout_start") if run_id else None
+    if not holdout_start:
+        return 0
+    return sum(1 for day in days if day < dt.date.fromisoformat(holdout_start))
 
 
 def _format(value: float | None) -> str:
@@ -230,6 +242,35 @@ def rollback(config: LooplineConfig, reason: str, cause: str = "rollback") -> di
     )
     logger.warning("rolled %s @champion back from version %s to %s: %s", name, current.version, previous, reason)
     return {"from_version": str(current.version), "to_version": previous}
+
+
+def champion_as_of(client, name: str, day: dt.date):
+    """Return the model that served as champion for data day ``day``, or None.
+
+    In daily operation that is ``@champion`` itself: its training window ended before
+    ``day``. A backfill of a past day must not score it with a model trained on that day,
+    so it gets the newest promoted version whose training window ended on or before
+    ``day``; rolled-back versions are skipped.
+    """
+    current = champion_version(client, name)
+    if current is None:
+        return None
+    current_end = window_end_of(current)
+    if current_end is None or current_end <= day:
+        return current
+
+    best, best_end = None, None
+    for version in client.search_model_versions(f"name='{name}'"):
+        tags = version.tags
+        promoted = tags.get("gate.decision", "").startswith("promoted") or "gate.promoted_by_hand" in tags
+        if not promoted or "gate.rolled_back" in tags:
+            continue
+        end = window_end_of(version)
+        if end is None or end > day:
+            continue
+        if best is None or (end, int(version.version)) > (best_end, int(best.version)):
+            best, best_end = version, end
+    return best
 
 
 def window_end_of(version) -> dt.date | None:

@@ -18,7 +18,11 @@ PREDICTION_COLUMNS = {"flight_id": "str", "model_version": "str", "probability":
 
 
 def score_day(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
-    """Score the feature partition of ``day`` with ``@champion``; reruns replace, never duplicate."""
+    """Score the feature partition of ``day`` with the champion as of that day.
+
+    That is ``@champion`` unless it was trained on ``day`` itself, as happens when a backfill
+    scores past days (see ``registry.champion_as_of``). Reruns replace, never duplicate.
+    """
     import mlflow
 
     feature_set = config.feature_set
@@ -26,9 +30,11 @@ def score_day(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
     engine = monitoring_store.get_engine()
 
     client = tracking.configure()
-    champion = registry.champion_version(client, config.model_name)
+    champion = registry.champion_as_of(client, config.model_name, day)
     if champion is None:
-        logger.warning("no %s@champion exists yet, so %s is recorded as not scored", config.model_name, day)
+        logger.warning(
+            "no %s champion trained before %s exists, so the day is recorded as not scored", config.model_name, day
+        )
         monitoring_store.replace_batch_predictions(engine, day, None, [], status="no_champion")
         return {"date": day.isoformat(), "status": "no_champion", "rows": 0}
 

@@ -360,6 +360,13 @@ def decide_window(
     every day.
     """
     window = plan_window(config, end, start)
+    if champion_window_end is not None and window.end <= champion_window_end:
+        # The champion already learned from these days; a challenger trained on them could
+        # only be compared on a holdout the champion has seen.
+        raise TrainingSkipped(
+            f"the champion's training window already ends at {champion_window_end}, not before this "
+            f"window's end {window.end}; nothing newer to learn from"
+        )
     every = config.training.retrain_every_days
     if not force and champion_window_end is not None and window.end < champion_window_end + dt.timedelta(days=every):
         due = champion_window_end + dt.timedelta(days=every)

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import warnings
 from typing import Any
 
 from airflow.sdk import Asset, BaseSensorOperator
 
 logger = logging.getLogger(__name__)
+
+# skops looks up each saved object's module by reading attributes of every module in
+# sys.modules. On Airflow's modules that trips one DeprecatedImportWarning per deprecated
+# name, about 20,000 lines per demo in the task logs, none about Loopline's code.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._utils")
 
 # Updated by the data pipeline after each day's features are written; its event extra
 # carries the partition date and row counts. The training DAG is scheduled on it.

@@ -84,6 +84,20 @@ def test_gate_promotes_better_rejects_worse(registry_env):
     tags = client.get_model_version(name, "3").tags
     assert float(tags["gate.challenger_log_loss"]) > float(tags["gate.champion_log_loss"])
     assert tags["gate.champion_version"] == "2"
+    assert tags["gate.holdout_days_seen_by_champion"] == "0"
+
+
+def test_champion_as_of_never_scores_training_days(registry_env):
+    """A backfilled day gets the newest champion whose training window ended by that day."""
+    from loopline import registry, tracking
+
+    client = tracking.configure()
+    name = registry_env.model_name
+    # Version 1 was trained on days before 2013-01-16, version 2 on days before 2013-01-19.
+    assert str(registry.champion_as_of(client, name, dt.date(2013, 1, 20)).version) == "2"
+    assert str(registry.champion_as_of(client, name, dt.date(2013, 1, 19)).version) == "2"
+    assert str(registry.champion_as_of(client, name, dt.date(2013, 1, 17)).version) == "1"
+    assert registry.champion_as_of(client, name, dt.date(2013, 1, 10)) is None
 
 
 def test_rollback_restores_previous_and_server_follows(registry_env):

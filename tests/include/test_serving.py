@@ -387,6 +387,38 @@ def test_status_endpoints_describe_champion(client: TestClient, champion: Champi
     assert abs(dt.datetime.now(dt.timezone.utc) - loaded_at) < dt.timedelta(minutes=10)
 
 
+def _metric_value(text: str, line_start: str) -> float:
+    [line] = [line for line in text.splitlines() if line.startswith(line_start + " ")]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_metrics_count_requests_and_stages(client: TestClient, champion: Champion) -> None:
+    """GET /metrics exposes request counts by status and per-stage latency histograms."""
+    before = client.get("/metrics").text
+    ok_before = _metric_value(before, 'loopline_requests_total{status="200"}') if 'status="200"' in before else 0.0
+    bad_before = _metric_value(before, 'loopline_requests_total{status="422"}') if 'status="422"' in before else 0.0
+    stage_before = _metric_value(before, 'loopline_stage_seconds_count{stage="inference"}')
+
+    record = _records(champion.serve_rows.head(1), champion.config.feature_set.features)[0]
+    assert client.post("/predict", json=record).status_code == 200
+    assert client.post("/predict", json={**record, "distance": "abc"}).status_code == 422
+
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    assert _metric_value(text, 'loopline_requests_total{status="200"}') == ok_before + 1
+    assert _metric_value(text, 'loopline_requests_total{status="422"}') == bad_before + 1
+    # Only scored requests enter the latency histograms.
+    assert _metric_value(text, 'loopline_stage_seconds_count{stage="inference"}') == stage_before + 1
+    assert _metric_value(text, 'loopline_stage_seconds_bucket{stage="total",le="+Inf"}') == _metric_value(
+        text, 'loopline_stage_seconds_count{stage="total"}'
+    )
+    assert _metric_value(text, "loopline_model_version") == 1.0
+    assert _metric_value(text, 'loopline_model_reloads_total{outcome="success"}') >= 1
+    assert "loopline_dropped_log_records_total" in text
+
+
 def test_no_champion_not_ready(champion: Champion) -> None:
     with TestClient(create_app(model_name="loopline_without_champion", poll_seconds=3600)) as client:
         ready = client.get("/ready")

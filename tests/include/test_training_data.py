@@ -92,3 +92,11 @@ def test_select_keeps_lowest_validation_loss():
     assert selection.best.label == min(losses, key=losses.get)
     assert len(selection.descent) >= 1
     assert selection.descent[-1]["train_log_loss"] < selection.descent[0]["train_log_loss"]
+
+
+def test_decide_window_moot_retrain_skipped(monkeypatch):
+    """Even a forced retrain skips when the champion already trained on a later window."""
+    config = load_config()
+    monkeypatch.setattr(training, "labelled_days", lambda _config: DAYS)
+    with pytest.raises(training.TrainingSkipped, match="nothing newer to learn from"):
+        training.decide_window(config, end=dt.date(2013, 1, 18), force=True, champion_window_end=dt.date(2013, 1, 20))

@@ -11,7 +11,9 @@ Endpoints:
 * ``POST /predict``: one JSON record (object) or a list of records;
 * ``GET /health``: 200 while the process runs, with the monitoring log counters;
 * ``GET /ready``: 200 when a model is loaded, else 503 with the reason;
-* ``GET /model``: name, version, alias, run id, signature inputs and load time.
+* ``GET /model``: name, version, alias, run id, signature inputs and load time;
+* ``GET /metrics``: request counts, stage latency histograms, reloads and dropped
+  monitoring records in the Prometheus text format.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 import mlflow
 import mlflow.sklearn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.types import DataType
@@ -40,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from loopline import settings
 from loopline.config import cached_config
 from loopline.modeling import CLASSIFIER_STEP, FEATURES_STEP, SCALE_STEP, positive_probability
+from loopline.serving.metrics import ServerMetrics
 from loopline.serving.monitoring_log import DEFAULT_LOG_QUEUE_SIZE, LogEntry, MonitoringLog
 from loopline.serving.requests import (
     NUMBER_TYPES,
@@ -233,6 +236,7 @@ class ModelServer:
         self.tracking_uri = tracking_uri
         self.alias = alias
         self.monitoring = monitoring
+        self.metrics = ServerMetrics()
         self.decision_threshold = decision_threshold
         self.poll_seconds = poll_seconds
         self.startup_wait_seconds = startup_wait_seconds
@@ -354,6 +358,7 @@ class ModelServer:
             loaded = load_model_version(self.model_name, version, alias=self.alias, run_id=target.run_id)
         except Exception as error:
             self._failed_versions[version] = time.monotonic()
+            self.metrics.observe_reload(succeeded=False)
             logger.error(
                 "loading version %s of %s failed, so version %s keeps serving; the version is "
                 "retried in %.0f s: %s",
@@ -372,6 +377,7 @@ class ModelServer:
 
         self._failed_versions.pop(version, None)
         self._model = loaded
+        self.metrics.observe_reload(succeeded=True)
         logger.info(
             "now serving %s version %s (was %s), loaded in %.2f s",
             self.model_name,
@@ -420,6 +426,7 @@ class ModelServer:
         model = self._model
         if model is None:
             headers["Retry-After"] = str(math.ceil(self.poll_seconds))
+            self.metrics.observe_request(503, 0, {})
             return JSONResponse({"detail": self._unavailable_reason}, status_code=503, headers=headers)
 
         started = time.perf_counter()
@@ -505,6 +512,7 @@ class ModelServer:
             "postprocessing_ms": timings["postprocessing"],
             "total_ms": timings["total"],
         }
+        self.metrics.observe_request(status_code, records, timings)
         self.monitoring.submit(LogEntry(predictions=prediction_rows, timing=timing_row))
 
     # -- status --------------------------------------------------------------------------
@@ -600,6 +608,17 @@ def create_app(
         if model is None:
             return JSONResponse({"status": "not_ready", "detail": server.unavailable_reason}, status_code=503)
         return JSONResponse({"status": "ready", "model_name": model.name, "model_version": model.version})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> PlainTextResponse:
+        """Return the server's counters and stage latency histograms for Prometheus."""
+        model = server.model
+        version = float(model.version) if model is not None and model.version.isdigit() else 0.0
+        text = server.metrics.render(
+            gauges={"loopline_model_version": ("Version number of the serving model; 0 when none is loaded.", version)},
+            dropped=lambda: server.monitoring.dropped_records,
+        )
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/model")
     async def model_info() -> JSONResponse:
