@@ -52,13 +52,7 @@ def precision_recall_figure(labels, probability, title: str):
 
 def calibration_figure(labels, probability, title: str, bins: int = metrics.ECE_BINS):
     plt = _pyplot()
-    labels = np.asarray(labels, dtype="float64")
-    probability = np.asarray(probability, dtype="float64")
-    index = np.minimum((probability * bins).astype("int64"), bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    filled = counts > 0
-    mean_probability = np.bincount(index, weights=probability, minlength=bins)[filled] / counts[filled]
-    observed_rate = np.bincount(index, weights=labels, minlength=bins)[filled] / counts[filled]
+    _, mean_probability, observed_rate = metrics.calibration_bins(labels, probability, bins)
 
     figure, axes = plt.subplots(figsize=(5, 5))
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")

@@ -78,22 +78,28 @@ def brier_score(y_true, probability) -> float:
     return float(np.mean((scores - labels) ** 2))
 
 
+def calibration_bins(y_true, probability, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return, for each non-empty equal-width probability bin, its row count, mean
+    probability and observed positive rate. A probability of exactly 1 falls in the last bin."""
+    labels, scores = _validated(y_true, probability)
+    index = np.minimum((scores * bins).astype("int64"), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    filled = counts > 0
+    mean_probability = np.bincount(index, weights=scores, minlength=bins)[filled] / counts[filled]
+    positive_rate = np.bincount(index, weights=labels, minlength=bins)[filled] / counts[filled]
+    return counts[filled], mean_probability, positive_rate
+
+
 def expected_calibration_error(y_true, probability, bins: int = ECE_BINS) -> float:
     """Return the expected calibration error over equal-width probability bins.
 
-    ECE = sum over bins of (rows in bin / rows) * |mean label - mean probability|; a
-    probability of exactly 1 falls in the last bin. NaN for an empty window.
+    ECE = sum over bins of (rows in bin / rows) * |positive rate - mean probability|.
+    NaN for an empty window.
     """
-    labels, scores = _validated(y_true, probability)
-    if labels.size == 0:
+    counts, mean_probability, positive_rate = calibration_bins(y_true, probability, bins)
+    if counts.sum() == 0:
         return math.nan
-    index = np.minimum((scores * bins).astype("int64"), bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    label_sums = np.bincount(index, weights=labels, minlength=bins)
-    score_sums = np.bincount(index, weights=scores, minlength=bins)
-    filled = counts > 0
-    gaps = np.abs(label_sums[filled] - score_sums[filled]) / counts[filled]
-    return float(np.sum(counts[filled] / labels.size * gaps))
+    return float(np.sum(counts / counts.sum() * np.abs(positive_rate - mean_probability)))
 
 
 def quality_summary(y_true, probability) -> dict[str, float | None]:
