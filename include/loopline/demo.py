@@ -43,6 +43,9 @@ DEFAULT_END = dt.date(2013, 1, 28)
 FINISHED = {"success", "failed"}
 POLL_SECONDS = 5
 BACKFILL_RETRY_SECONDS = 5
+# Airflow's health check marks the scheduler unhealthy 30 s after its last heartbeat
+# ([scheduler] scheduler_health_check_threshold); a busy loop can briefly miss one.
+SCHEDULER_GRACE_SECONDS = 60
 
 
 class DemoError(RuntimeError):
@@ -79,6 +82,11 @@ class AirflowApi:
         if response.status_code >= 400:
             raise DemoError(f"Airflow API {method} {path} failed with {response.status_code}: {response.text[:300]}")
         return response.json() if response.content else None
+
+    def scheduler_healthy(self) -> bool:
+        """Return whether Airflow's health endpoint reports a live scheduler heartbeat."""
+        health = self.request("GET", "/api/v2/monitor/health")
+        return health.get("scheduler", {}).get("status") == "healthy"
 
     def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
         return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 1000})["dag_runs"]
@@ -159,7 +167,19 @@ def wait_for_days(api: AirflowApi, dag_ids: list[str], first: dt.date, last: dt.
     """Print progress until every day of ``dag_ids`` in the range has finished."""
     days = (last - first).days + 1
     deadline = time.monotonic() + timeout
+    unhealthy_since = None
     while True:
+        # A dead scheduler leaves runs queued forever; say so instead of waiting out the timeout.
+        if api.scheduler_healthy():
+            unhealthy_since = None
+        elif unhealthy_since is None:
+            unhealthy_since = time.monotonic()
+        elif time.monotonic() - unhealthy_since > SCHEDULER_GRACE_SECONDS:
+            raise DemoError(
+                "the Airflow scheduler has not sent a heartbeat for over "
+                f"{SCHEDULER_GRACE_SECONDS} s; read .loopline/logs/airflow-scheduler.log, then run "
+                "`make demo` again: it restarts stopped services and keeps the days already done"
+            )
         parts = []
         done_all = True
         failed = []

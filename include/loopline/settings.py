@@ -57,6 +57,14 @@ LOOPLINE_MODEL_NAME = EnvVar(
 )
 
 
+# SQLAlchemy connect args for Airflow's SQLite metadata database in the local profile,
+# named by AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS in scripts/env.sh. SQLite's default
+# 5 s busy timeout is too short while the scheduler writes: creating a backfill then fails
+# with "database is locked", and Airflow 3.3 deletes the half-created runs under the
+# scheduler, which crashes it.
+AIRFLOW_SQLITE_CONNECT_ARGS = {"timeout": 60}
+
+
 def home() -> Path:
     """Return the state folder, created on first use."""
     path = Path(LOOPLINE_HOME.get()).expanduser().resolve()
