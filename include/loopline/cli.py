@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("history", help="print every alias move from the registry audit log")
 
     commands.add_parser("summary", help="print the demo summary for the running services")
+
+    report = commands.add_parser("report", help="write a report from the monitoring store")
+    report.add_argument("kind", choices=["latency"], help="latency: the model server's time per request stage")
+    report.add_argument("--out", default=None, help="output folder (default: <LOOPLINE_HOME>/reports/latency)")
     return parser
 
 
@@ -60,6 +64,23 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ("rollback", "promote", "history"):
         return _registry_command(args)
+
+    if args.command == "report":
+        from pathlib import Path
+
+        from loopline import settings
+        from loopline.monitoring import store
+        from loopline.serving import latency_report
+
+        folder = Path(args.out) if args.out else settings.home() / "reports" / "latency"
+        try:
+            result = latency_report.write_report(store.get_engine(), folder)
+        except ValueError as error:
+            print(f"report failed: {error}", file=sys.stderr)
+            return 1
+        print(Path(result["markdown"]).read_text(encoding="utf-8"))
+        print(f"pie chart: {result['png']}")
+        return 0
 
     from loopline import demo
 

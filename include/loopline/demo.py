@@ -42,6 +42,8 @@ DEFAULT_END = dt.date(2013, 1, 28)
 
 FINISHED = {"success", "failed"}
 POLL_SECONDS = 5
+# Single-flight requests the demo sends to the model server for the latency report.
+ONLINE_REQUESTS = 200
 BACKFILL_RETRY_SECONDS = 5
 # Airflow's health check marks the scheduler unhealthy 30 s after its last heartbeat
 # ([scheduler] scheduler_health_check_threshold); a busy loop can briefly miss one.
@@ -237,7 +239,46 @@ def run_demo(history_start: dt.date, live_start: dt.date, end: dt.date, timeout:
     backfill(api, MONITORING, live_start, end, max_active_runs=1)
     wait_for_days(api, [DATA_PIPELINE, BATCH_SCORING, MONITORING], live_start, end, "live", timeout)
     wait_for_training(api, timeout)
-    return summarize(api)
+    latency = send_online_requests(end)
+    summary = summarize(api)
+    summary["latency"] = latency
+    return summary
+
+
+def send_online_requests(day: dt.date, count: int = ONLINE_REQUESTS) -> dict[str, Any] | None:
+    """Send ``count`` single-flight requests of ``day`` to the model server, then write the
+    latency report from the timings it logged."""
+    from loopline import store
+    from loopline.config import cached_config
+    from loopline.monitoring import store as monitoring_store
+    from loopline.serving import latency_report
+
+    feature_set = cached_config().feature_set
+    frame = store.read_partition(store.feature_dataset(feature_set.name, feature_set.version), day).head(count)
+    records = frame[[feature_set.entity_key, *feature_set.features]].astype(object)
+    records = records.where(records.notna(), None).to_dict("records")
+    url = f"http://127.0.0.1:{os.environ.get('LOOPLINE_SERVER_PORT', '8000')}/predict"
+    failed = 0
+    try:
+        with httpx.Client(timeout=10) as client:
+            for record in records:
+                if client.post(url, json=record).status_code != 200:
+                    failed += 1
+    except httpx.HTTPError as error:
+        _say(f"online: the model server at {url} did not answer ({error}); see .loopline/logs/model-server.log")
+        return None
+    _say(f"online: sent {len(records)} single-flight requests of {day} to the model server ({failed} failed)")
+
+    engine = monitoring_store.get_engine()
+    deadline = time.monotonic() + 30
+    # The server writes timings through a background queue; give it a moment to drain.
+    while monitoring_store.table_counts(engine)["request_timings"] < len(records) and time.monotonic() < deadline:
+        time.sleep(1)
+    try:
+        return latency_report.write_report(engine, settings.home() / "reports" / "latency")
+    except ValueError as error:
+        _say(f"online: no latency report: {error}")
+        return None
 
 
 def summarize(api: AirflowApi) -> dict[str, Any]:
@@ -312,6 +353,17 @@ def print_summary(summary: dict[str, Any]) -> None:
         lines.append(f"  registry gate: {decision}")
     if summary["retrain_runs"] and not summary["retrain_decisions"]:
         lines.append("  registry gate: no new version (the retrain runs skipped; their plan_window logs say why)")
+    latency = summary.get("latency")
+    if latency:
+        shares = ", ".join(
+            f"{label} {100 * values['share']:.0f}%" for label, values in latency["stages"].items() if label != "total"
+        )
+        total = latency["stages"]["total"]
+        lines.append(
+            f"online requests: {latency['requests']}, p50 {total['p50_ms']:.2f} ms, p99 {total['p99_ms']:.2f} ms; "
+            f"time by stage: {shares}"
+        )
+        lines.append(f"  latency pie: {latency['png']} (Mermaid and percentiles in {latency['markdown']})")
     lines.append("Where to look:")
     lines.append(f"  Airflow UI    http://127.0.0.1:{airflow_port}  (user admin, password in {_password_file()})")
     lines.append(f"  MLflow UI     http://127.0.0.1:{mlflow_port}")
