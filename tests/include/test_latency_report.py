@@ -52,5 +52,5 @@ def test_latency_report_shares_and_files(engine, tmp_path):
 
 
 def test_latency_report_empty_store_says_what_to_do(engine, tmp_path):
-    with pytest.raises(ValueError, match="no successful model-server request yet; send POST /predict first"):
+    with pytest.raises(ValueError, match="contains no successful model-server request yet; send POST /predict first"):
         latency_report.write_report(engine, tmp_path / "report")

@@ -1,9 +1,9 @@
 """Where request time goes: the stage timings of the model server as a pie and percentiles.
 
-Reads the successful requests' timings from the monitoring store and writes, to one
-folder, ``latency.png`` (a pie of each stage's share of the summed request time) and
-``latency.md`` (the same shares as a Mermaid ``pie`` block, and p50, p95 and p99 per
-stage in milliseconds).
+The report reads the timings of successful requests from the monitoring store. It writes
+``latency.png``, a pie of each stage's share of the summed request time, and
+``latency.md``, with the same shares as a Mermaid ``pie`` block and p50, p95 and p99 per
+stage in milliseconds.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def write_report(engine, folder: Path) -> dict[str, Any]:
     """Write latency.png and latency.md to ``folder``; return the summary and the paths."""
     summary = stage_summary(engine)
     if summary["requests"] == 0:
-        raise ValueError("the monitoring store holds no successful model-server request yet; send POST /predict first")
+        raise ValueError("the monitoring store contains no successful model-server request yet; send POST /predict first")
     folder.mkdir(parents=True, exist_ok=True)
 
     import matplotlib
@@ -75,8 +75,15 @@ def write_report(engine, folder: Path) -> dict[str, Any]:
 
     labels = [label for label in summary["stages"] if label != "total"]
     shares = [summary["stages"][label]["share"] for label in labels]
-    figure, axes = plt.subplots(figsize=(6, 5))
-    axes.pie(shares, labels=labels, autopct="%1.1f%%", startangle=90, counterclock=False)
+    figure, axes = plt.subplots(figsize=(8, 5))
+    wedges, _ = axes.pie(shares, startangle=90, counterclock=False)
+    # Small stages would overlap as wedge labels, so the shares go in the legend.
+    axes.legend(
+        wedges,
+        [f"{label}: {100 * share:.1f}%" for label, share in zip(labels, shares, strict=True)],
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+    )
     axes.set_title(f"Where model-server request time goes ({summary['requests']} requests)")
     png = folder / "latency.png"
     figure.savefig(png, dpi=100, bbox_inches="tight")
