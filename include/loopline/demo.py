@@ -312,7 +312,7 @@ def summarize(api: AirflowApi) -> dict[str, Any]:
     retrains = [run["dag_run_id"] for run in api.dag_runs(TRAINING) if run["dag_run_id"].startswith("retrain__")]
     # What the registry gate decided for each model that a monitoring retrain produced.
     retrain_decisions = [
-        f"version {entry.get('challenger_version')} {entry['decision']}"
+        f"version {entry.get('challenger_version')}, compared on holdout {entry.get('holdout')}, {entry['decision']}"
         for entry in registry.history()
         if entry.get("cause") == "monitoring"
     ]
@@ -337,8 +337,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     if champion:
         roc_auc = champion["holdout_roc_auc"]
         lines.append(
-            f"@champion: version {champion['version']}, holdout log loss {champion['holdout_log_loss']:.4f}, "
-            f"ROC AUC {roc_auc:.4f}" if roc_auc is not None else f"@champion: version {champion['version']}"
+            f"@champion: version {champion['version']}, on its own holdout log loss "
+            f"{champion['holdout_log_loss']:.4f} and ROC AUC {roc_auc:.4f}"
+            if roc_auc is not None
+            else f"@champion: version {champion['version']}"
         )
     else:
         lines.append("@champion: none (no training run has promoted a model yet)")
