@@ -10,7 +10,7 @@ Daily, one run per data interval; the feedback edge of the loop.
    model's holdout log loss, and ROC AUC over the trailing week of labelled predictions.
    It stores them and checks the config's threshold rules. A rule that fires is logged as
    an alert and stored.
-3. **request_retrain** goes on only when a fired rule asks for a retrain and no retrain
+3. **request_retrain** goes on only when a fired rule requests a retrain and no retrain
    was requested within the cooldown; it records the request.
 4. **trigger_training** starts `loopline_training` with the reason and the window in its
    conf. The run id is fixed per data day, so a retry never starts a second run.

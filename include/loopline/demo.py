@@ -144,8 +144,8 @@ def backfill(api: AirflowApi, dag_id: str, first: dt.date, last: dt.date, max_ac
             api.request("POST", "/api/v2/backfills", json=body)
         except DemoError as error:
             # Airflow allows one active backfill per DAG and marks one complete a few
-            # scheduler loops after its last run ends. On SQLite, Airflow 3.3 also answers
-            # 503 while the scheduler holds the database lock. Both pass, so retry.
+            # scheduler loops after its last run ends. On SQLite, Airflow 3.3 also returns
+            # 503 while the scheduler has the database locked. Both pass, so retry.
             busy = "already a running backfill" in str(error) or "Database is locked" in str(error)
             if not busy or time.monotonic() > deadline:
                 raise
@@ -171,7 +171,8 @@ def wait_for_days(api: AirflowApi, dag_ids: list[str], first: dt.date, last: dt.
     deadline = time.monotonic() + timeout
     unhealthy_since = None
     while True:
-        # A dead scheduler leaves runs queued forever; say so instead of waiting out the timeout.
+        # A dead scheduler leaves runs queued forever, so stop with a message instead of
+        # waiting out the timeout.
         if api.scheduler_healthy():
             unhealthy_since = None
         elif unhealthy_since is None:

@@ -56,7 +56,7 @@ def normalize_category(value: Any) -> str:
 def _numeric_column(frame: pd.DataFrame, name: str) -> np.ndarray:
     column = frame[name]
     if pd.api.types.is_bool_dtype(column):
-        raise FeatureValueError(f"feature {name!r} holds booleans; send numbers for numerical features")
+        raise FeatureValueError(f"feature {name!r} contains booleans; send numbers for numerical features")
     if pd.api.types.is_numeric_dtype(column):
         return column.to_numpy(dtype="float64", na_value=np.nan)
 
@@ -79,7 +79,7 @@ def _to_float(name: str, value: Any) -> float:
     if value is None or _is_missing_text(value):
         return math.nan
     if isinstance(value, bool):
-        raise FeatureValueError(f"feature {name!r} holds a boolean {value!r}; send a number or null")
+        raise FeatureValueError(f"feature {name!r} got a boolean {value!r}; send a number or null")
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -102,9 +102,9 @@ EPOCHS_WITHOUT_IMPROVEMENT = 5
 def fit_with_trace(pipeline: Pipeline, x_train, y_train, x_eval, y_eval) -> list[dict]:
     """Fit ``pipeline`` epoch by epoch and return the log loss after every epoch.
 
-    The feature and scaling steps are fitted on the training rows; the classifier then
-    takes one gradient-descent pass over them per ``partial_fit`` call, so the training and
-    evaluation log loss of each epoch can be logged. The evaluation rows are only watched,
+    The feature and scaling steps are fitted on the training rows. The classifier then
+    takes one gradient-descent pass over them per ``partial_fit`` call, so the training
+    and evaluation log loss of each epoch can be logged. The evaluation rows are only watched,
     never used to stop or select.
     """
     y_train = np.asarray(y_train, dtype="int64")

@@ -247,10 +247,10 @@ def rollback(config: LooplineConfig, reason: str, cause: str = "rollback") -> di
 def champion_as_of(client, name: str, day: dt.date):
     """Return the model that served as champion for data day ``day``, or None.
 
-    In daily operation that is ``@champion`` itself: its training window ended before
-    ``day``. A backfill of a past day must not score it with a model trained on that day,
-    so it gets the newest promoted version whose training window ended on or before
-    ``day``; rolled-back versions are skipped.
+    In daily operation that is ``@champion`` itself, because its training window ended
+    before ``day``. A backfill must not score a past day with a model trained on it. Such
+    a day gets the newest promoted version whose training window ended on or before it,
+    skipping rolled-back versions.
     """
     current = champion_version(client, name)
     if current is None:

@@ -13,7 +13,7 @@ The replay turns the data set into two feeds, as an airline's systems would deli
   (departure delay over the threshold, or cancelled).
 
 A day is the flight's local (New York) calendar date. It names the UTC data interval of
-the same date, so the partition for ``2013-01-05`` holds the flights scheduled that day.
+the same date, so the partition for ``2013-01-05`` contains the flights scheduled that day.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every partition is one file, ``<root>/<dataset>/date=YYYY-MM-DD/part.parquet``, named by
 the data interval it holds. A write goes to a temporary file in the same folder and is
-renamed into place with ``os.replace``, which is atomic on POSIX file systems: a reader
+renamed into place with ``os.replace``, which is atomic on POSIX file systems. A reader
 sees the old partition or the new one, never a partial file, and a rerun replaces only
 its own partition.
 """

@@ -41,7 +41,7 @@ class TrainingDataError(ValueError):
 class TrainingWindow:
     """Flight dates ``[start, end)``, split in time order into training, validation and holdout.
 
-    Candidates are fitted on the training days and compared on the validation days; the
+    Candidates are fitted on the training days and compared on the validation days. The
     registry gate compares the challenger with the champion on the holdout days.
     """
 

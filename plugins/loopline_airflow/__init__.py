@@ -24,7 +24,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._u
 # Updated by the data pipeline after each day's features are written; its event extra
 # carries the partition date and row counts. The training DAG is scheduled on it.
 FEATURES_ASSET = Asset(name="loopline_flight_features", uri="loopline://feature-store/flights/v1", group="feature-store")
-# Updated by every registry gate decision; batch scoring reads the model that holds @champion.
+# Updated by every registry gate decision. Batch scoring reads the model with the @champion alias.
 CHAMPION_ASSET = Asset(name="loopline_champion_model", uri="loopline://registry/champion", group="registry")
 # Updated by batch scoring; monitoring reads the day's predictions from the monitoring store.
 PREDICTIONS_ASSET = Asset(name="loopline_batch_predictions", uri="loopline://monitoring-store/predictions", group="monitoring")
@@ -72,7 +72,7 @@ def config():
 class _StoreSensor(BaseSensorOperator):
     """A sensor in reschedule mode: it frees its worker slot between pokes.
 
-    The ``timeout`` counts from the first poke, so a sensor that never sees its data fails
+    The ``timeout`` counts from the first poke, so a sensor whose data never arrives fails
     after a bounded wait.
     """
 

