@@ -327,24 +327,27 @@ def summarize(api: AirflowApi) -> dict[str, Any]:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
+    """Print the summary: run states, champion, store counts, retrains, latency and URLs."""
     airflow_port = os.environ.get("LOOPLINE_AIRFLOW_PORT", "8080")
     mlflow_port = os.environ.get("LOOPLINE_MLFLOW_PORT", "5000")
     server_port = os.environ.get("LOOPLINE_SERVER_PORT", "8000")
     lines = ["", "Loopline demo summary", "====================="]
+
     lines.append("DAG runs by state:")
     for dag_id, states in summary["dag_runs"].items():
         lines.append(f"  {dag_id:<26} " + ", ".join(f"{state}={count}" for state, count in sorted(states.items())))
+
     champion = summary["champion"]
-    if champion:
-        roc_auc = champion["holdout_roc_auc"]
+    if not champion:
+        lines.append("@champion: none (no training run has promoted a model yet)")
+    elif champion["holdout_roc_auc"] is None:
+        lines.append(f"@champion: version {champion['version']}")
+    else:
         lines.append(
             f"@champion: version {champion['version']}, on its own holdout log loss "
-            f"{champion['holdout_log_loss']:.4f} and ROC AUC {roc_auc:.4f}"
-            if roc_auc is not None
-            else f"@champion: version {champion['version']}"
+            f"{champion['holdout_log_loss']:.4f} and ROC AUC {champion['holdout_roc_auc']:.4f}"
         )
-    else:
-        lines.append("@champion: none (no training run has promoted a model yet)")
+
     store = summary["store"]
     lines.append(
         f"monitoring store: {store['predictions']} predictions, {store['labels']} labels, "
@@ -355,7 +358,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     for decision in summary["retrain_decisions"]:
         lines.append(f"  registry gate: {decision}")
     if summary["retrain_runs"] and not summary["retrain_decisions"]:
-        lines.append("  registry gate: no new version (the retrain runs skipped; their plan_window logs say why)")
+        lines.append("  registry gate: no new version (the retrain runs skipped; their plan_window logs give the reason)")
+
     latency = summary.get("latency")
     if latency:
         shares = ", ".join(
@@ -367,9 +371,10 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"time by stage: {shares}"
         )
         lines.append(f"  latency pie: {latency['png']} (Mermaid and percentiles in {latency['markdown']})")
+
     lines.append("Where to look:")
     lines.append(f"  Airflow UI    http://127.0.0.1:{airflow_port}  (user admin, password in {_password_file()})")
     lines.append(f"  MLflow UI     http://127.0.0.1:{mlflow_port}")
-    lines.append(f"  Model server  http://127.0.0.1:{server_port}  (POST /predict, GET /model, GET /ready)")
+    lines.append(f"  Model server  http://127.0.0.1:{server_port}  (POST /predict, GET /model, GET /ready, GET /metrics)")
     lines.append("Stop everything with `make stop`.")
     print("\n".join(lines), flush=True)

@@ -4,9 +4,9 @@ For one data interval the check computes the PSI of each numerical feature again
 reference profile logged with the model version that scored the day. It also computes the
 log loss and ROC AUC of the batch predictions of the trailing quality window, the days
 before the data day, using the labels that had arrived by the data day.
-Each rule of the config compares one metric with its threshold; a metric without a value
+Each rule of the config compares one metric with its threshold. A metric without a value
 (too few rows, no labels yet, NaN) never fires a rule. A fired rule with action
-``retrain`` asks for a retrain unless another request was made within the cooldown,
+``retrain`` requests a retrain unless another request was made within the cooldown,
 counted in data days so that a backfill decides the same way as the daily runs.
 """
 

@@ -4,8 +4,8 @@ Reference card for PSI:
 
 * applies to numerical features;
 * bins: edges are the reference window's quantiles (``bins`` equal-count bins, duplicate
-  edges merged), right-closed, with open-ended outer bins so out-of-range current values
-  are counted; missing values form one more bin of their own;
+  edges merged). Bins are right-closed, and the outer bins are open-ended so out-of-range
+  current values are counted. Missing values form one more bin of their own;
 * PSI = sum over bins of (c - r) * ln(c / r), with c and r the current and reference
   shares; a share of 0 is replaced by ``epsilon`` on both sides (no renormalisation), so
   an empty bin gives a large finite value instead of infinity;
