@@ -111,6 +111,9 @@ class RegistryConfig(_Strict):
 
 class ServingConfig(_Strict):
     decision_threshold: float = Field(default=0.5, gt=0, lt=1)
+    # Requests over either limit get 413 with the limit's name and value.
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_records: int = Field(default=1_000, gt=0)
 
 
 # Drift metrics computed per categorical feature; the others are per numerical feature or

@@ -7,8 +7,11 @@ FastAPI's TestClient and compare the responses with the pipeline's own batch pat
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as dt
+import io
+import json
 import logging
 import math
 import os
@@ -284,6 +287,108 @@ def test_extra_fields_ignored_and_counted(client: TestClient, champion: Champion
     assert response.status_code == 200, response.text
     assert response.json()["ignored_fields"] == 3
     assert response.json()["predictions"] == plain["predictions"]
+
+
+def _csv_body(records: list[dict[str, Any]]) -> bytes:
+    """Write records as CSV with a header row; None becomes an empty field."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue().encode()
+
+
+def _post_csv(client: TestClient, body: bytes) -> httpx.Response:
+    return client.post("/predict", content=body, headers={"Content-Type": "text/csv; charset=utf-8"})
+
+
+def test_csv_scores_like_json(client: TestClient, champion: Champion) -> None:
+    """CSV rows give the same predictions as the same records in JSON (case 18 widening included)."""
+    frame = champion.serve_rows.iloc[90:110]
+    records = _records(frame, champion.config.feature_set.features)
+    # Integers in double columns, missing values and an unknown extra column.
+    records[0] = {**records[0], "distance": int(records[0]["distance"]), "dep_delay_hint": "x"}
+    records[1] = {**records[1], "plane_age": None, "origin": None, "dep_delay_hint": ""}
+    as_json = client.post("/predict", json=records)
+    as_csv = _post_csv(client, _csv_body(records))
+
+    assert as_json.status_code == 200, as_json.text
+    assert as_csv.status_code == 200, as_csv.text
+    assert as_csv.json()["predictions"] == as_json.json()["predictions"]
+    assert as_csv.json()["model_version"] == as_json.json()["model_version"] == "1"
+    # In JSON only the two records with the field carry it; every CSV row has the column.
+    assert as_json.json()["ignored_fields"] == 2
+    assert as_csv.json()["ignored_fields"] == 20
+    expected_frame = frame.copy()
+    expected_frame.loc[expected_frame.index[1], ["plane_age", "origin"]] = [np.nan, None]
+    np.testing.assert_allclose(
+        [item["probability"] for item in as_csv.json()["predictions"]],
+        _expected(champion, expected_frame),
+        rtol=0,
+        atol=1e-9,
+    )
+
+
+def test_csv_missing_column_and_bad_values_named(client: TestClient, champion: Champion) -> None:
+    records = _records(champion.serve_rows.iloc[[5, 6]], champion.config.feature_set.features)
+    without_distance = [{key: value for key, value in record.items() if key != "distance"} for record in records]
+    missing = _post_csv(client, _csv_body(without_distance))
+    bad_number = _post_csv(client, _csv_body([records[0], {**records[1], "sched_dep_hour": "early"}]))
+    short_row = _post_csv(client, _csv_body(records) + b"1,2\n")
+
+    assert missing.status_code == 422
+    assert [item["loc"] for item in missing.json()["detail"]] == [["body", 0, "distance"], ["body", 1, "distance"]]
+    assert "'distance' is missing" in missing.json()["detail"][0]["msg"]
+    assert bad_number.status_code == 422
+    assert bad_number.json()["detail"][0]["loc"] == ["body", 1, "sched_dep_hour"]
+    assert bad_number.json()["detail"][0]["input"] == "early"
+    assert short_row.status_code == 422
+    assert short_row.json()["detail"][0]["loc"] == ["body", 2]
+    assert "record 2 has 2 values" in short_row.json()["detail"][0]["msg"]
+
+
+def test_unknown_content_type_rejected(client: TestClient, champion: Champion) -> None:
+    record = _records(champion.serve_rows.head(1), champion.config.feature_set.features)[0]
+    response = client.post("/predict", content=json.dumps(record), headers={"Content-Type": "application/xml"})
+
+    assert response.status_code == 415
+    assert "'application/xml' is not supported" in response.json()["detail"][0]["msg"]
+    assert "text/csv" in response.json()["detail"][0]["msg"]
+
+
+def test_limits_reject_with_413(champion: Champion) -> None:
+    """Both limits answer 413 naming the limit and its value, for JSON, CSV and chunked bodies."""
+    records = _records(champion.serve_rows.head(40), champion.config.feature_set.features)
+    single_size = len(json.dumps(records[:1]).encode())
+    limit = single_size * 10
+
+    with TestClient(create_app(poll_seconds=3600, max_body_bytes=limit, max_records=5)) as limited:
+        within = limited.post("/predict", json=records[:5])
+        too_many = limited.post("/predict", json=records[:6])
+        too_many_csv = _post_csv(limited, _csv_body(records[:6]))
+        too_big = limited.post("/predict", json=records)
+
+        def chunks() -> Iterator[bytes]:
+            body = json.dumps(records).encode()
+            for start in range(0, len(body), 1000):
+                yield body[start : start + 1000]
+
+        too_big_chunked = limited.post("/predict", content=chunks(), headers={"Content-Type": "application/json"})
+        metrics = limited.get("/metrics").text
+
+    assert within.status_code == 200
+    assert len(within.json()["predictions"]) == 5
+    for response in (too_many, too_many_csv):
+        assert response.status_code == 413
+        assert response.json()["detail"][0]["msg"].startswith("the request has 6 records, more than the limit serving.max_records = 5")
+    assert too_big.status_code == 413
+    body_size = int(too_big.request.headers["content-length"])
+    assert too_big.json()["detail"][0]["msg"].startswith(
+        f"the request body has {body_size} bytes, over the limit serving.max_body_bytes = {limit}"
+    )
+    assert too_big_chunked.status_code == 413
+    assert f"more than {limit} bytes, over the limit serving.max_body_bytes = {limit}" in too_big_chunked.json()["detail"][0]["msg"]
+    assert _metric_value(metrics, 'loopline_requests_total{status="413"}') == 4
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ or unavailable store never delays or fails a request.
 
 Endpoints:
 
-* ``POST /predict``: one JSON record (object) or a list of records;
+* ``POST /predict``: one JSON record (object), a list of records, or CSV with a header
+  row; bodies over ``serving.max_body_bytes`` or with more than ``serving.max_records``
+  records get 413;
 * ``GET /health``: 200 while the process runs, with the monitoring log counters;
 * ``GET /ready``: 200 when a model is loaded, else 503 with the reason;
 * ``GET /model``: name, version, alias, run id, signature inputs and load time;
@@ -74,7 +76,10 @@ _PREDICT_OPENAPI = {
                         {"type": "array", "items": {"type": "object"}, "minItems": 1},
                     ]
                 }
-            }
+            },
+            "text/csv": {
+                "schema": {"type": "string", "description": "a header row of field names, then one record per row"}
+            },
         },
     }
 }
@@ -229,9 +234,13 @@ class ModelServer:
         poll_seconds: float = 10.0,
         alias: str = CHAMPION_ALIAS,
         startup_wait_seconds: float = 30.0,
+        max_body_bytes: int = 1_048_576,
+        max_records: int = 1_000,
     ):
         if poll_seconds <= 0:
             raise ValueError(f"poll_seconds must be positive, got {poll_seconds}")
+        if max_body_bytes < 1 or max_records < 1:
+            raise ValueError(f"max_body_bytes and max_records must be positive, got {max_body_bytes} and {max_records}")
         self.model_name = model_name
         self.tracking_uri = tracking_uri
         self.alias = alias
@@ -240,6 +249,8 @@ class ModelServer:
         self.decision_threshold = decision_threshold
         self.poll_seconds = poll_seconds
         self.startup_wait_seconds = startup_wait_seconds
+        self.max_body_bytes = max_body_bytes
+        self.max_records = max_records
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
         # Replaced by one assignment and never mutated (see LoadedModel).
@@ -419,8 +430,21 @@ class ModelServer:
 
     # -- prediction ----------------------------------------------------------------------
 
-    def predict(self, body: bytes) -> JSONResponse:
-        """Score a request body and return the HTTP response (200, 422, 500 or 503)."""
+    def body_too_large(self, size: int | None) -> JSONResponse:
+        """Return the 413 response for a body over ``max_body_bytes``; ``size`` is None when unknown."""
+        request_id = uuid.uuid4().hex
+        self.metrics.observe_request(413, 0, {})
+        stated = f"{size} bytes" if size is not None else f"more than {self.max_body_bytes} bytes"
+        detail = {
+            "type": "body_too_large",
+            "loc": ["body"],
+            "msg": f"the request body has {stated}, over the limit serving.max_body_bytes = "
+            f"{self.max_body_bytes}; send fewer records per request",
+        }
+        return JSONResponse({"detail": [detail]}, status_code=413, headers={"X-Request-ID": request_id})
+
+    def predict(self, body: bytes, content_type: str = "application/json") -> JSONResponse:
+        """Score a request body and return the HTTP response (200, 413, 415, 422, 500 or 503)."""
         request_id = uuid.uuid4().hex
         headers = {"X-Request-ID": request_id}
         model = self._model
@@ -431,11 +455,11 @@ class ModelServer:
 
         started = time.perf_counter()
         try:
-            parsed = parse_request(body, model.inputs)
+            parsed = parse_request(body, model.inputs, content_type, self.max_records)
         except RequestValidationFailed as error:
             timings = _timings_ms(time.perf_counter() - started, 0.0, 0.0, 0.0)
-            self._log_request(model, request_id, error.records, 422, timings, [])
-            return JSONResponse({"detail": error.errors}, status_code=422, headers=headers)
+            self._log_request(model, request_id, error.records, error.status_code, timings, [])
+            return JSONResponse({"detail": error.errors}, status_code=error.status_code, headers=headers)
         parsed_at = time.perf_counter()
 
         try:
@@ -552,11 +576,14 @@ def create_app(
     monitoring_url: str | None = None,
     poll_seconds: float = 10.0,
     log_queue_size: int = DEFAULT_LOG_QUEUE_SIZE,
+    max_body_bytes: int | None = None,
+    max_records: int | None = None,
 ) -> FastAPI:
     """Build the serving app, whose lifespan starts and stops the poller and the monitoring writer.
 
     Defaults: the model name from the config (or ``LOOPLINE_MODEL_NAME``), the tracking URI
-    from ``LOOPLINE_MLFLOW_TRACKING_URI`` and the store from ``LOOPLINE_MONITORING_DB_URL``.
+    from ``LOOPLINE_MLFLOW_TRACKING_URI``, the store from ``LOOPLINE_MONITORING_DB_URL`` and
+    the request limits from the config's ``serving`` section.
     The ``ModelServer`` is ``app.state.server``.
 
     NOTE: model loading resolves ``models:/`` URIs through MLflow's process-wide tracking and
@@ -575,6 +602,8 @@ def create_app(
         monitoring=MonitoringLog(monitoring_url, queue_size=log_queue_size),
         decision_threshold=config.serving.decision_threshold,
         poll_seconds=poll_seconds,
+        max_body_bytes=max_body_bytes or config.serving.max_body_bytes,
+        max_records=max_records or config.serving.max_records,
     )
 
     @contextlib.asynccontextmanager
@@ -590,11 +619,19 @@ def create_app(
 
     @app.post("/predict", openapi_extra=_PREDICT_OPENAPI)
     async def predict(request: Request) -> JSONResponse:
-        """Score one JSON record or a list of records with the champion model."""
-        body = await request.body()
+        """Score one JSON record, a list of records or CSV rows with the champion model."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > server.max_body_bytes:
+            return server.body_too_large(int(declared))
+        # A chunked body has no length up front, so the limit is checked while it arrives.
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > server.max_body_bytes:
+                return server.body_too_large(None)
         # Parsing and scoring are CPU work, so a worker thread runs them and the event loop stays
         # free for /health.
-        return await run_in_threadpool(server.predict, body)
+        return await run_in_threadpool(server.predict, bytes(body), request.headers.get("content-type", ""))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -1,14 +1,19 @@
 """Parsing and validation of ``POST /predict`` bodies against the model signature.
 
-A body is one JSON record or a list of records. Each record must contain every signature
-input. Double columns take numbers (JSON ints are widened) or null, and string columns
-take strings or null. Every invalid value becomes one 422 detail entry naming the record index,
-the field and the value. Unknown fields are ignored and counted.
+A body is one JSON record, a JSON list of records, or CSV with a header row. Each record
+must contain every signature input. Double columns take numbers (JSON ints are widened) or
+null, and string columns take strings or null. In CSV an empty field is null, and a
+double field is parsed as a number. Every invalid value becomes one 422 detail entry
+naming the record index, the field and the value. Unknown fields are ignored and counted.
+A body with more records than the configured limit gets 413, and an unknown content type
+415.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -35,13 +40,23 @@ class InputColumn:
     type: str
 
 
-class RequestValidationFailed(ValueError):
-    """The request body does not match the model signature. ``errors`` is the 422 detail."""
+# Media types of ``POST /predict`` bodies. A request without a Content-Type is read as JSON.
+JSON_MEDIA_TYPES = frozenset({"application/json", ""})
+CSV_MEDIA_TYPES = frozenset({"text/csv", "application/csv"})
 
-    def __init__(self, errors: list[dict[str, Any]], records: int = 0):
-        super().__init__(f"{len(errors)} invalid value(s) in the request")
+
+class RequestValidationFailed(ValueError):
+    """The request body cannot be scored. ``errors`` is the response detail.
+
+    ``status_code`` is 422 for values that do not match the signature, 413 for a body over
+    a size limit and 415 for an unsupported content type.
+    """
+
+    def __init__(self, errors: list[dict[str, Any]], records: int = 0, status_code: int = 422):
+        super().__init__(f"{len(errors)} problem(s) in the request")
         self.errors = errors
         self.records = records
+        self.status_code = status_code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,21 +68,43 @@ class ParsedRequest:
     ignored_fields: int
 
 
-def parse_request(body: bytes, inputs: Sequence[InputColumn]) -> ParsedRequest:
-    """Parse a JSON body of one record or a list of records and check it against the signature.
+def parse_request(
+    body: bytes,
+    inputs: Sequence[InputColumn],
+    content_type: str = "application/json",
+    max_records: int | None = None,
+) -> ParsedRequest:
+    """Parse a body of JSON or CSV records and check it against the signature.
 
     Every record must contain every input column, null included: a misspelled field is
     then reported as missing instead of being silently imputed. Numbers for double columns
     are widened to float. Fields outside the signature, other than ``flight_id``, are
     ignored and counted. Raises ``RequestValidationFailed`` listing each invalid value
-    with its location ``["body", record index, field]``. A single object is record 0.
+    with its location ``["body", record index, field]``; a single JSON object is record 0,
+    and the first CSV row after the header is record 0.
     """
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as error:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type in CSV_MEDIA_TYPES:
+        payload: Any = _csv_records(body, inputs)
+    elif media_type in JSON_MEDIA_TYPES or media_type.endswith("+json"):
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError) as error:
+            raise RequestValidationFailed(
+                [{"type": "json_invalid", "loc": ["body"], "msg": f"invalid JSON: {error}"}]
+            ) from None
+    else:
         raise RequestValidationFailed(
-            [{"type": "json_invalid", "loc": ["body"], "msg": f"invalid JSON: {error}"}]
-        ) from None
+            [
+                {
+                    "type": "unsupported_media_type",
+                    "loc": ["header", "content-type"],
+                    "msg": f"content type {content_type!r} is not supported; send application/json or text/csv",
+                    "input": content_type,
+                }
+            ],
+            status_code=415,
+        )
 
     if isinstance(payload, dict):
         payload = [payload]
@@ -86,6 +123,21 @@ def parse_request(body: bytes, inputs: Sequence[InputColumn]) -> ParsedRequest:
     if not payload:
         raise RequestValidationFailed(
             [{"type": "too_short", "loc": ["body"], "msg": "the list of records is empty; send at least one record"}]
+        )
+    if max_records is not None and len(payload) > max_records:
+        raise RequestValidationFailed(
+            [
+                {
+                    "type": "too_many_records",
+                    "loc": ["body"],
+                    "msg": f"the request has {len(payload)} records, more than the limit "
+                    f"serving.max_records = {max_records}; split it into requests of at most "
+                    f"{max_records} records",
+                    "input": len(payload),
+                }
+            ],
+            records=len(payload),
+            status_code=413,
         )
 
     known = {column.name for column in inputs} | {FLIGHT_ID_FIELD}
@@ -166,6 +218,63 @@ def _record_values(
                 }
             )
     return values
+
+
+def _csv_records(body: bytes, inputs: Sequence[InputColumn]) -> list[dict[str, Any]]:
+    """Read CSV with a header row into records: empty fields become None, double fields numbers.
+
+    A double field that is not a number stays a string, so the record check reports it
+    with its value. A row whose length differs from the header is reported by its index.
+    """
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise RequestValidationFailed(
+            [{"type": "csv_invalid", "loc": ["body"], "msg": f"CSV must be UTF-8: {error}"}]
+        ) from None
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text, newline=""), strict=True) if row]
+    except csv.Error as error:
+        raise RequestValidationFailed([{"type": "csv_invalid", "loc": ["body"], "msg": f"invalid CSV: {error}"}]) from None
+    if not rows:
+        raise RequestValidationFailed(
+            [{"type": "too_short", "loc": ["body"], "msg": "the CSV body is empty; send a header row and at least one record"}]
+        )
+
+    header = [name.strip() for name in rows[0]]
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise RequestValidationFailed(
+            [{"type": "csv_invalid", "loc": ["body"], "msg": f"the CSV header repeats columns {duplicated}"}]
+        )
+    numbers = {column.name for column in inputs if column.type in NUMBER_TYPES}
+    records: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for index, row in enumerate(rows[1:]):
+        if len(row) != len(header):
+            errors.append(
+                {
+                    "type": "csv_invalid",
+                    "loc": ["body", index],
+                    "msg": f"record {index} has {len(row)} values but the header has {len(header)} columns",
+                }
+            )
+            continue
+        records.append({name: _csv_value(value, name in numbers) for name, value in zip(header, row, strict=True)})
+    if errors:
+        raise RequestValidationFailed(errors[:MAX_REPORTED_ERRORS], records=len(rows) - 1)
+    return records
+
+
+def _csv_value(text: str, is_number: bool) -> Any:
+    if text == "":
+        return None
+    if is_number:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return text
 
 
 def _finite_float(value: Any) -> float | None:
