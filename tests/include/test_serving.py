@@ -750,3 +750,91 @@ def test_run_serves_over_http(champion: Champion, environment: dict[str, str]) -
     )
     assert server.returncode == 0, output
     assert "model server stopped" in output
+
+
+def _served_requests(base: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    return _metric_value(text, 'loopline_requests_total{status="200"}') if 'status="200"' in text else 0.0
+
+
+def test_alias_moves_twice_under_load(champion: Champion, environment: dict[str, str], tmp_path: Any) -> None:
+    """A second process sends thousands of requests while the champion moves 1 -> 2 -> 3: none fails."""
+    config = champion.config
+    name = "loopline_load_test"
+    registry = MlflowClient()
+    second_pipeline = _fit(config, [dt.date(2013, 1, 2), dt.date(2013, 1, 3)])
+    versions = [
+        _register(pipeline, config, champion.experiment_id, name)[0]
+        for pipeline in (champion.pipeline, second_pipeline, champion.pipeline)
+    ]
+    assert versions == ["1", "2", "3"]
+    registry.set_registered_model_alias(name, "champion", "1")
+    records_file = tmp_path / "records.json"
+    records_file.write_text(json.dumps(_records(champion.serve_rows.head(500), config.feature_set.features)))
+    stop_file = tmp_path / "stop"
+    server_log = tmp_path / "server.log"
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "LOOPLINE_HOME": environment["home"], "LOOPLINE_MODEL_NAME": name}
+    server = subprocess.Popen(
+        [sys.executable, "-c", f"from loopline.serving.app import run; run(port={port}, poll_seconds=0.5)"],
+        env=env,
+        # A file, not a pipe: thousands of access log lines would fill a pipe nobody reads yet.
+        stdout=server_log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    load = None
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{base}/ready", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return server.poll() is not None
+
+        assert _wait_for(ready, timeout=90) and server.poll() is None, "the server did not become ready within 90 s"
+        load = subprocess.Popen(
+            [
+                sys.executable, "-m", "loopline.serving.load_generator", "--url", base,
+                "--records", str(records_file), "--concurrency", "4",
+                "--stop-file", str(stop_file), "--min-requests", "3000",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert load.stdout is not None
+        assert json.loads(load.stdout.readline())["event"] == "started"
+
+        def served_by(version: str) -> bool:
+            return httpx.get(f"{base}/model", timeout=30).json().get("version") == version
+
+        moves = []
+        for version in ("2", "3"):
+            # Let each version answer a few hundred requests before the alias moves on.
+            floor = _served_requests(base) + 300
+            assert _wait_for(lambda: _served_requests(base) >= floor, timeout=60)
+            registry.set_registered_model_alias(name, "champion", version)
+            moves.append(_wait_for(lambda: served_by(version), timeout=60))
+        floor = _served_requests(base) + 300
+        assert _wait_for(lambda: _served_requests(base) >= floor, timeout=60)
+        stop_file.touch()
+        output, _ = load.communicate(timeout=300)
+    finally:
+        stop_file.touch()
+        if load is not None and load.poll() is None:
+            load.kill()
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+
+    server_output = server_log.read_text()
+    summary = json.loads(output.strip().splitlines()[-1])
+    assert moves == [True, True], server_output
+    assert summary["event"] == "finished"
+    assert summary["requests"] >= 3000
+    assert summary["transport_errors"] == {}
+    assert summary["statuses"] == {"200": summary["requests"]}
+    assert set(summary["versions"]) == {"1", "2", "3"}
+    assert sum(summary["versions"].values()) == summary["requests"]
+    assert "now serving loopline_load_test version 3 (was 2)" in server_output
