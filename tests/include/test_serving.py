@@ -303,7 +303,7 @@ def _post_csv(client: TestClient, body: bytes) -> httpx.Response:
 
 
 def test_csv_scores_like_json(client: TestClient, champion: Champion) -> None:
-    """CSV rows give the same predictions as the same records in JSON (case 18 widening included)."""
+    """CSV rows give the same predictions as the same records in JSON, integers in double columns included."""
     frame = champion.serve_rows.iloc[90:110]
     records = _records(frame, champion.config.feature_set.features)
     # Integers in double columns, missing values and an unknown extra column.
@@ -329,7 +329,7 @@ def test_csv_scores_like_json(client: TestClient, champion: Champion) -> None:
     )
 
 
-def test_csv_missing_column_and_bad_values_named(client: TestClient, champion: Champion) -> None:
+def test_csv_bad_rows_named(client: TestClient, champion: Champion) -> None:
     records = _records(champion.serve_rows.iloc[[5, 6]], champion.config.feature_set.features)
     without_distance = [{key: value for key, value in record.items() if key != "distance"} for record in records]
     missing = _post_csv(client, _csv_body(without_distance))
@@ -357,7 +357,7 @@ def test_unknown_content_type_rejected(client: TestClient, champion: Champion) -
 
 
 def test_limits_reject_with_413(champion: Champion) -> None:
-    """Both limits answer 413 naming the limit and its value, for JSON, CSV and chunked bodies."""
+    """Both limits return 413 naming the limit and its value, for JSON, CSV and chunked bodies."""
     records = _records(champion.serve_rows.head(40), champion.config.feature_set.features)
     single_size = len(json.dumps(records[:1]).encode())
     limit = single_size * 10
@@ -780,7 +780,7 @@ def test_alias_moves_twice_under_load(champion: Champion, environment: dict[str,
     server = subprocess.Popen(
         [sys.executable, "-c", f"from loopline.serving.app import run; run(port={port}, poll_seconds=0.5)"],
         env=env,
-        # A file, not a pipe: thousands of access log lines would fill a pipe nobody reads yet.
+        # A file, not a pipe: thousands of access log lines would fill a pipe that is not read until the end.
         stdout=server_log.open("w"),
         stderr=subprocess.STDOUT,
     )
@@ -793,7 +793,8 @@ def test_alias_moves_twice_under_load(champion: Champion, environment: dict[str,
             except httpx.TransportError:
                 return server.poll() is not None
 
-        assert _wait_for(ready, timeout=90) and server.poll() is None, "the server did not become ready within 90 s"
+        assert _wait_for(ready, timeout=90), "the server did not become ready within 90 s"
+        assert server.poll() is None, server_log.read_text()
         load = subprocess.Popen(
             [
                 sys.executable, "-m", "loopline.serving.load_generator", "--url", base,
@@ -812,7 +813,7 @@ def test_alias_moves_twice_under_load(champion: Champion, environment: dict[str,
 
         moves = []
         for version in ("2", "3"):
-            # Let each version answer a few hundred requests before the alias moves on.
+            # Each version serves a few hundred requests before the alias moves on.
             floor = _served_requests(base) + 300
             assert _wait_for(lambda: _served_requests(base) >= floor, timeout=60)
             registry.set_registered_model_alias(name, "champion", version)

@@ -441,6 +441,7 @@ class ModelServer:
             "msg": f"the request body has {stated}, over the limit serving.max_body_bytes = "
             f"{self.max_body_bytes}; send fewer records per request",
         }
+        logger.info("request %s rejected with 413: %s", request_id, detail["msg"])
         return JSONResponse({"detail": [detail]}, status_code=413, headers={"X-Request-ID": request_id})
 
     def predict(self, body: bytes, content_type: str = "application/json") -> JSONResponse:
@@ -459,6 +460,7 @@ class ModelServer:
         except RequestValidationFailed as error:
             timings = _timings_ms(time.perf_counter() - started, 0.0, 0.0, 0.0)
             self._log_request(model, request_id, error.records, error.status_code, timings, [])
+            logger.info("request %s rejected with %d: %s", request_id, error.status_code, error.errors[0]["msg"])
             return JSONResponse({"detail": error.errors}, status_code=error.status_code, headers=headers)
         parsed_at = time.perf_counter()
 

@@ -52,9 +52,9 @@ def run_load(
     file exists and at least ``min_requests`` were sent. Records are sent in turn.
     """
     if requests is None and stop_file is None:
-        raise ValueError("give requests or stop_file, or the load never ends")
+        raise ValueError("requests and stop_file are both None; set one, otherwise the load never ends")
     if not records:
-        raise ValueError("records is empty; give at least one record to send")
+        raise ValueError("records is empty; pass at least one record to send")
     results = _Results()
     started = threading.Event()
 
