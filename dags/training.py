@@ -12,6 +12,7 @@ and when monitoring requests a retrain (with the reason in the run's conf).
    (`SGDClassifier(loss="log_loss")`) behind the fitted feature state, and logs one MLflow
    run: params, log loss, ROC AUC, the windows as dataset inputs, the reference profile for
    drift, a signature and an input example.
+   It runs on the `training` Celery queue and pool, and retries through an MLflow outage.
 3. **register_and_gate** registers a new model version and moves `@champion` to it only
    if its holdout log loss beats the champion's on the same holdout.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Param, dag, task
-from loopline_airflow import CHAMPION_ASSET, DEFAULT_ARGS, FEATURES_ASSET, config, run_tags
+from loopline_airflow import CHAMPION_ASSET, DEFAULT_ARGS, FEATURES_ASSET, TRAINING_TASK_ARGS, config, run_tags
 
 
 @dag(
@@ -63,7 +64,7 @@ def loopline_training():
             raise AirflowSkipException(f"no training: {skipped}") from None
         return {"window": window.to_dict(), "reason": trigger["reason"], "cause": trigger["cause"]}
 
-    @task
+    @task(**TRAINING_TASK_ARGS)
     def train(plan: dict, **context) -> dict:
         from loopline import training
 

@@ -34,6 +34,9 @@ export LOOPLINE_SERVER_PORT="${LOOPLINE_SERVER_PORT:-8000}"
 # open its SQLite file, so only one process writes the MLflow database.
 export LOOPLINE_MLFLOW_TRACKING_URI="${LOOPLINE_MLFLOW_TRACKING_URI:-http://127.0.0.1:$LOOPLINE_MLFLOW_PORT}"
 
+# The MLflow server's backend store. The production profile points it at PostgreSQL.
+export LOOPLINE_MLFLOW_BACKEND_STORE_URI="${LOOPLINE_MLFLOW_BACKEND_STORE_URI:-sqlite:///$LOOPLINE_HOME/mlflow/mlflow.db}"
+
 # --- Shared secrets --------------------------------------------------------------------
 
 # Print the secret stored in FILE, first creating FILE (mode 600) with 32 random bytes in
@@ -91,6 +94,12 @@ export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="${AIRFLOW__CORE__DAGS_ARE_PAU
 # mostly wait. Export larger values on a bigger machine.
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
 export AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG="${AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG:-2}"
+
+# Slots of the pool that training tasks run in; the CeleryExecutor also sends them to the
+# training queue. The Celery worker of the production profile serves these queues.
+export LOOPLINE_TRAINING_POOL_SLOTS="${LOOPLINE_TRAINING_POOL_SLOTS:-1}"
+export LOOPLINE_CELERY_QUEUES="${LOOPLINE_CELERY_QUEUES:-default,training}"
+export AIRFLOW__CELERY__WORKER_CONCURRENCY="${AIRFLOW__CELERY__WORKER_CONCURRENCY:-2}"
 
 # The API server serves the UI, the public REST API and the execution API that task
 # processes call back into. It listens on loopback only.

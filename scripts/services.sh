@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start, stop or list Loopline's local services: the Airflow API server, scheduler,
-# dag-processor and triggerer, the MLflow tracking server and the model server.
+# Start, stop or list Loopline's services: the Airflow API server, scheduler,
+# dag-processor and triggerer, the MLflow tracking server and the model server, plus a
+# Celery worker when AIRFLOW__CORE__EXECUTOR is CeleryExecutor (the production profile).
 #
 #   scripts/services.sh start|stop|status
 #
@@ -20,7 +21,11 @@ START_TIMEOUT="${LOOPLINE_START_TIMEOUT:-180}"
 STOP_TIMEOUT=30
 
 # Start order. MLflow comes first because tasks and the model server log to it.
-SERVICES=(mlflow airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer model-server)
+SERVICES=(mlflow airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer)
+if [[ "$AIRFLOW__CORE__EXECUTOR" == *CeleryExecutor ]]; then
+    SERVICES+=(airflow-celery-worker)
+fi
+SERVICES+=(model-server)
 
 AIRFLOW_URL="http://127.0.0.1:$LOOPLINE_AIRFLOW_PORT"
 MLFLOW_URL="http://127.0.0.1:$LOOPLINE_MLFLOW_PORT"
@@ -153,7 +158,7 @@ set_command() {
             # (scorers, prompt optimization, GenAI evaluation) that Loopline does not use.
             COMMAND=(env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server
                 --host 127.0.0.1 --port "$LOOPLINE_MLFLOW_PORT" --workers 1
-                --backend-store-uri "sqlite:///$LOOPLINE_HOME/mlflow/mlflow.db"
+                --backend-store-uri "$LOOPLINE_MLFLOW_BACKEND_STORE_URI"
                 --serve-artifacts --artifacts-destination "$LOOPLINE_HOME/mlflow/artifacts")
             ;;
         airflow-api-server)
@@ -165,6 +170,12 @@ set_command() {
         airflow-scheduler) COMMAND=(airflow scheduler --skip-serve-logs) ;;
         airflow-dag-processor) COMMAND=(airflow dag-processor) ;;
         airflow-triggerer) COMMAND=(airflow triggerer --skip-serve-logs) ;;
+        # Serves the default queue and the training queue. On more machines, run workers
+        # with --queues default and others with --queues training (see README).
+        airflow-celery-worker)
+            COMMAND=(airflow celery worker --skip-serve-logs --queues "$LOOPLINE_CELERY_QUEUES"
+                --concurrency "$AIRFLOW__CELERY__WORKER_CONCURRENCY")
+            ;;
         model-server)
             COMMAND=(loopline serve --host 127.0.0.1 --port "$LOOPLINE_SERVER_PORT")
             ;;
@@ -213,13 +224,24 @@ print_log_tail() {
     echo "The other services keep running; '$0 stop' stops them." >&2
 }
 
+# Print the database URL with its password replaced by ***.
+redacted_url() {
+    sed -E 's#(://[^:/@]+:)[^@]*@#\1***@#' <<<"$1"
+}
+
 migrate_airflow_db() {
     local log="$LOG_DIR/airflow-db-migrate.log"
-    echo "migrating the Airflow metadata database ($AIRFLOW__DATABASE__SQL_ALCHEMY_CONN) ..."
+    echo "migrating the Airflow metadata database ($(redacted_url "$AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")) ..."
     if ! airflow db migrate >"$log" 2>&1; then
         echo "error: airflow db migrate failed" >&2
         echo "--- last 30 lines of $log ---" >&2
         tail -n 30 "$log" >&2
+        return 1
+    fi
+    # The training DAG's heavy task runs in this pool. Setting it again keeps the slot count
+    # in step with LOOPLINE_TRAINING_POOL_SLOTS.
+    if ! airflow pools set training "$LOOPLINE_TRAINING_POOL_SLOTS" "Loopline training tasks" >>"$log" 2>&1; then
+        echo "error: creating the Airflow pool 'training' failed; see $log" >&2
         return 1
     fi
 }
@@ -251,6 +273,25 @@ wait_for_http() {
         fi
         if ((SECONDS >= deadline)); then
             echo "error: timed out after ${START_TIMEOUT}s waiting for $url" >&2
+            print_log_tail "$name"
+            return 1
+        fi
+        sleep 1
+    done
+}
+
+# Wait until the log of SERVICE, after its latest start header, contains PATTERN.
+wait_for_log_line() {
+    local name="$1" pattern="$2" log="$LOG_DIR/$1.log" deadline=$((SECONDS + START_TIMEOUT))
+    echo "waiting for $name to log '$pattern' ..."
+    until awk -v pattern="$pattern" '/^=== .*: starting: / { found = 0 } index($0, pattern) { found = 1 } END { exit !found }' "$log"; do
+        if ! service_pid "$name" >/dev/null; then
+            echo "error: $name exited during startup" >&2
+            print_log_tail "$name"
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "error: timed out after ${START_TIMEOUT}s waiting for $name to log '$pattern'" >&2
             print_log_tail "$name"
             return 1
         fi
@@ -293,6 +334,8 @@ wait_until_ready() {
         airflow-scheduler) wait_for_airflow_component airflow-scheduler scheduler ;;
         airflow-dag-processor) wait_for_airflow_component airflow-dag-processor dag_processor ;;
         airflow-triggerer) wait_for_airflow_component airflow-triggerer triggerer ;;
+        # Celery prints "celery@<host> ready." once the worker consumes its queues.
+        airflow-celery-worker) wait_for_log_line airflow-celery-worker " ready." ;;
         model-server) wait_for_http model-server "model server" "$MODEL_SERVER_URL/health" ;;
     esac
 }

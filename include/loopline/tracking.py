@@ -42,24 +42,66 @@ def experiment_id(name: str) -> str:
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
+# The tags that identify one Airflow task instance; runs of its earlier tries share them.
+TASK_IDENTITY_TAGS = ("airflow.dag_id", "airflow.run_id", "airflow.task_id")
+
+
 @contextlib.contextmanager
 def task_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> Iterator[object]:
-    """Open one explicit MLflow run and always end it: FINISHED, or FAILED on an error."""
+    """Open one explicit MLflow run and always end it: FINISHED, or FAILED on an error.
+
+    A run that an earlier try of the same Airflow task left RUNNING (its worker was killed,
+    or the tracking server was down when it tried to end the run) is ended as FAILED first.
+    """
     import mlflow
 
-    configure()
+    client = configure()
     stale = mlflow.active_run()
     if stale is not None:
         # A run left open by earlier code in this process would swallow this task's logs.
         logger.warning("ending MLflow run %s left active in this process", stale.info.run_id)
         mlflow.end_run(status="KILLED")
 
-    run = mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name, tags=dict(tags))
+    experiment_key = experiment_id(experiment)
+    end_runs_of_earlier_tries(client, experiment_key, tags)
+    run = mlflow.start_run(experiment_id=experiment_key, run_name=run_name, tags=dict(tags))
     logger.info("started MLflow run %s (%s) in experiment %s", run.info.run_id, run_name, experiment)
     try:
         yield run
     except BaseException:
-        mlflow.end_run(status="FAILED")
-        logger.error("MLflow run %s ended as FAILED", run.info.run_id)
+        try:
+            mlflow.end_run(status="FAILED")
+        except Exception as error:  # the tracking server may be the reason the task failed
+            logger.error(
+                "MLflow run %s could not be ended as FAILED (%s); the next try of this task ends it",
+                run.info.run_id,
+                error,
+            )
+        else:
+            logger.error("MLflow run %s ended as FAILED", run.info.run_id)
         raise
     mlflow.end_run(status="FINISHED")
+
+
+def end_runs_of_earlier_tries(client, experiment_key: str, tags: Mapping[str, str]) -> list[str]:
+    """End as FAILED the RUNNING runs of the same Airflow task instance; return their ids.
+
+    Does nothing for runs without the Airflow identity tags (tests, notebooks).
+    """
+    if not all(tags.get(key) for key in TASK_IDENTITY_TAGS):
+        return []
+    if any("'" in tags[key] for key in TASK_IDENTITY_TAGS):
+        logger.warning("not looking for runs of earlier tries: a quote in %s", {key: tags[key] for key in TASK_IDENTITY_TAGS})
+        return []
+    conditions = [f"tags.`{key}` = '{tags[key]}'" for key in TASK_IDENTITY_TAGS]
+    conditions.append("attributes.status = 'RUNNING'")
+    ended = []
+    for stale in client.search_runs([experiment_key], filter_string=" and ".join(conditions), max_results=100):
+        client.set_terminated(stale.info.run_id, status="FAILED")
+        logger.warning(
+            "ended MLflow run %s as FAILED: try %s of this task left it RUNNING",
+            stale.info.run_id,
+            stale.data.tags.get("airflow.try_number", "?"),
+        )
+        ended.append(stale.info.run_id)
+    return ended

@@ -38,6 +38,23 @@ DEFAULT_ARGS = {
     "retry_delay": dt.timedelta(seconds=30),
 }
 
+# Training tasks run on their own Celery queue and pool, so light tasks never wait behind a
+# training job. The LocalExecutor ignores the queue. scripts/services.sh creates the pool
+# with LOOPLINE_TRAINING_POOL_SLOTS slots (default 1).
+TRAINING_QUEUE = "training"
+TRAINING_POOL = "training"
+# A training task outlives a few minutes' outage of the MLflow server. With a multiplier
+# of 2, Airflow 3.3 waits between d and 2d before retry n, where d = 30 s * 2**(n - 1),
+# so the three retries span at least 3.5 minutes.
+TRAINING_TASK_ARGS = {
+    "queue": TRAINING_QUEUE,
+    "pool": TRAINING_POOL,
+    "retries": 3,
+    "retry_delay": dt.timedelta(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": dt.timedelta(minutes=5),
+}
+
 
 def interval_day(context: dict[str, Any]) -> dt.date:
     """Return the UTC date that names the run's data interval (never the wall clock)."""

@@ -56,3 +56,20 @@ def test_task_run_never_uses_default_experiment(tracking_home):
     default = tracking_home.get_experiment_by_name("Default")
     runs = tracking_home.search_runs([default.experiment_id]) if default else []
     assert runs == []
+
+
+def test_task_run_ends_runs_of_earlier_tries(tracking_home):
+    """A run a killed try left RUNNING is ended FAILED; another task's open run is left alone."""
+    from loopline import tracking
+
+    experiment = tracking.experiment_id("loopline-test")
+    task = {"airflow.dag_id": "loopline_training", "airflow.run_id": "manual__2013-01-09", "airflow.task_id": "train"}
+    killed_try = tracking_home.create_run(experiment, tags={**task, "airflow.try_number": "1"}, run_name="try 1")
+    other_task = tracking_home.create_run(experiment, tags={**task, "airflow.task_id": "evaluate"}, run_name="other")
+
+    with tracking.task_run("loopline-test", "try 2", {**task, "airflow.try_number": "2"}) as run:
+        pass
+
+    assert tracking_home.get_run(killed_try.info.run_id).info.status == "FAILED"
+    assert tracking_home.get_run(other_task.info.run_id).info.status == "RUNNING"
+    assert tracking_home.get_run(run.info.run_id).info.status == "FINISHED"
