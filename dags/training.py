@@ -8,12 +8,13 @@ and when monitoring requests a retrain (with the reason in the run's conf).
    partition (asset events), the form's `start`/`end`, or the window monitoring names. An
    asset-triggered run skips, with the reason in its log, while too few labelled days exist
    or while the champion is younger than `training.retrain_every_days`.
-2. **train** fits every candidate (logistic regression by gradient descent on binary
-   cross-entropy, L-BFGS logistic regression, gradient boosting) behind the fitted feature
-   state, keeps the best on the validation days, calibrates it where that lowers validation
-   log loss, and logs one MLflow run: params, log loss, ROC AUC, the training, validation and
-   test windows as dataset inputs, the reference profile for drift, a signature and an input
-   example. A window part that is empty or has a single class fails the task without retries.
+2. **train** fits every candidate behind the fitted feature state: logistic regression by
+   gradient descent on binary cross-entropy, L-BFGS logistic regression and gradient
+   boosting. It keeps the best on the validation days and calibrates it where that lowers
+   the validation log loss. One MLflow run holds params, log loss, ROC AUC, the training,
+   validation and test windows as dataset inputs, the reference profile for drift, a
+   signature and an input example. A part of the window that is empty or has a single
+   class fails the task without retries.
 3. **register_and_gate** registers a new model version and moves `@champion` to it only
    if its holdout log loss beats the champion's on the same holdout.
 """
@@ -76,8 +77,8 @@ def loopline_training():
         try:
             return training.train(config(), window, tags)
         except training.TrainingDataError as error:
-            # A retry would read the same partitions, so the task fails without retries and
-            # register_and_gate never runs: no model version, the champion is unchanged.
+            # A retry would read the same partitions, so the task fails without retries.
+            # register_and_gate then never runs, so no model version is created.
             raise AirflowFailException(f"no model trained: {error}") from None
 
     @task(outlets=[CHAMPION_ASSET])

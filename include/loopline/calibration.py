@@ -1,8 +1,8 @@
 """Probability calibration of the challenger on the validation days, kept only where it helps.
 
 The challenger's classifier is frozen (``sklearn.frozen.FrozenEstimator``) and wrapped in
-``CalibratedClassifierCV``, which then fits only a calibrator: Platt's sigmoid or isotonic
-regression. The calibrator learns from the validation days, because the classifier was
+``CalibratedClassifierCV``, which then fits only a calibrator, either Platt's sigmoid or
+isotonic regression. The calibrator learns from the validation days, because the classifier was
 fitted on the training days and a calibrator fitted on those rows would learn nothing
 about its errors on new days.
 
@@ -33,8 +33,10 @@ logger = logging.getLogger(__name__)
 # Calibration methods of CalibratedClassifierCV that are tried, in this order.
 METHODS = ("sigmoid", "isotonic")
 # Value of the ``calibration`` run param when no method lowered the validation log loss.
-UNCALIBRATED = "none"
-# Time-ordered folds of the validation rows: each half calibrates the other.
+NO_CALIBRATION = "none"
+# Key of the model's own validation log loss in ``Calibration.log_losses``.
+UNCALIBRATED = "uncalibrated"
+# Number of time-ordered folds of the validation rows. Each half calibrates the other.
 CROSS_FIT_FOLDS = 2
 
 
@@ -42,8 +44,8 @@ CROSS_FIT_FOLDS = 2
 class Calibration:
     """The chosen pipeline, the chosen method and the validation log loss of every option.
 
-    ``log_losses`` maps ``"none"`` to the uncalibrated validation log loss and each method
-    to its cross-fitted validation log loss. A method missing from it could not be scored.
+    ``log_losses`` maps ``"uncalibrated"`` to the model's own validation log loss and each
+    method to its cross-fitted validation log loss. A method missing from it was not scored.
     """
 
     pipeline: Pipeline
@@ -65,7 +67,7 @@ def calibrate(pipeline: Pipeline, x_validation, y_validation) -> Calibration:
         # A calibrator needs both classes in the rows it is fitted on.
         note = "a half of the validation rows has a single class, so calibration cannot be scored"
         logger.warning("calibration skipped: %s", note)
-        return Calibration(pipeline=pipeline, method=UNCALIBRATED, log_losses=log_losses, note=note)
+        return Calibration(pipeline=pipeline, method=NO_CALIBRATION, log_losses=log_losses, note=note)
 
     for method in METHODS:
         calibrator = CalibratedClassifierCV(FrozenEstimator(classifier), method=method)
@@ -75,7 +77,7 @@ def calibrate(pipeline: Pipeline, x_validation, y_validation) -> Calibration:
 
     best = min(log_losses, key=lambda name: (log_losses[name], name != UNCALIBRATED))
     if best == UNCALIBRATED or not math.isfinite(log_losses[best]):
-        return Calibration(pipeline=pipeline, method=UNCALIBRATED, log_losses=log_losses, note="no method lowered the validation log loss")
+        return Calibration(pipeline=pipeline, method=NO_CALIBRATION, log_losses=log_losses, note="no method lowered the validation log loss")
 
     calibrated = CalibratedClassifierCV(FrozenEstimator(classifier), method=best).fit(matrix, labels)
     steps = pipeline.steps[:-1] + [(modeling.CLASSIFIER_STEP, calibrated)]

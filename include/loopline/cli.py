@@ -132,7 +132,7 @@ def _registry_command(args: argparse.Namespace) -> int:
         print(f"{args.command} failed: {error}", file=sys.stderr)
         return 1
     except MlflowException as error:
-        # The registry answered the reachability check but failed a later request.
+        # The registry passed the reachability check, but a later request failed.
         print(
             f"{args.command} failed: the MLflow registry at {settings.mlflow_tracking_uri()} returned an error "
             f"({registry.error_cause(error)}); check the tracking server's log and run the command again",
@@ -144,7 +144,7 @@ def _registry_command(args: argparse.Namespace) -> int:
 
 
 def _print_history(registry) -> int:
-    """Print the audit log, one alias move or rejection per line; it needs no registry."""
+    """Print the audit log, one alias move or rejection per line. It needs no registry."""
     entries = registry.history()
     if not entries:
         print(f"no alias moves recorded yet in {registry.audit_log_path()}")

@@ -66,7 +66,7 @@ def _client():
     return client
 
 
-# Longest cause that ``error_cause`` copies from an exception message.
+# Maximum length, in characters, of the cause that ``error_cause`` copies from a message.
 MAX_CAUSE_CHARS = 200
 
 

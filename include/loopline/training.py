@@ -160,8 +160,8 @@ def check_trainable(frame: pd.DataFrame, config: LooplineConfig, part: str, wind
 
 
 # MLflow dataset context of each part of the window, in time order. The holdout is the
-# test window: it is logged with the context "test" and its metrics keep the "holdout_"
-# prefix, which the registry gate and monitoring read.
+# test window. It is logged with the context "test", and its metrics keep the "holdout_"
+# prefix because the registry gate and monitoring read them by those names.
 DATASET_CONTEXTS = {"training": "training", "validation": "validation", "holdout": "test"}
 
 
@@ -284,7 +284,7 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
 
 
 def _check_and_log_counts(config: LooplineConfig, window: TrainingWindow, parts: dict[str, pd.DataFrame]) -> None:
-    """Log every part's row and class counts, then raise ``TrainingDataError`` for a bad part.
+    """Log every part's row and class counts, then check each part with ``check_trainable``.
 
     The counts are logged first, so a failed run still shows which part broke the rule.
     """
@@ -330,7 +330,8 @@ def _log_selection(selection: candidates.Selection, calibrated: calibration.Cali
             {"epoch_train_log_loss": point["train_log_loss"], "epoch_validation_log_loss": point["holdout_log_loss"]},
             step=point["epoch"],
         )
-    # Uncalibrated: the chosen candidate on the validation rows; a method: cross-fitted.
+    # The uncalibrated value is the chosen candidate's own validation log loss, and each
+    # method's value is cross-fitted.
     mlflow.log_metrics({f"validation_log_loss_{name}": value for name, value in calibrated.log_losses.items()})
 
 

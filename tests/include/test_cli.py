@@ -1,4 +1,4 @@
-"""The loopline command's registry errors: a registry that is down or does not answer.
+"""The loopline command's registry errors: a registry that is down or never responds.
 
 An unknown version is tested in test_registry.py, where a registry with versions exists.
 """
@@ -56,7 +56,7 @@ def test_unreachable_registry_one_line_error(args, tmp_path):
 
 
 def test_silent_registry_times_out(tmp_path, monkeypatch, capsys):
-    """A server that accepts connections but never answers fails after the request timeout."""
+    """A server that accepts connections but never responds fails after the request timeout."""
     import mlflow
 
     from loopline import cli

@@ -177,7 +177,7 @@ def test_promote_unknown_version_command(registry_env, monkeypatch, capsys):
 
 
 def test_aliases_only_one_champion(registry_env):
-    """Promotion moves aliases: one version holds @champion and no version has a stage."""
+    """Promotion moves aliases: one version has @champion and no version has a stage."""
     from loopline import tracking
 
     client = tracking.configure()
