@@ -8,10 +8,13 @@ and when monitoring requests a retrain (with the reason in the run's conf).
    partition (asset events), the form's `start`/`end`, or the window monitoring names. An
    asset-triggered run skips, with the reason in its log, while too few labelled days exist
    or while the champion is younger than `training.retrain_every_days`.
-2. **train** fits logistic regression by gradient descent on binary cross-entropy
-   (`SGDClassifier(loss="log_loss")`) behind the fitted feature state, and logs one MLflow
-   run: params, log loss, ROC AUC, the windows as dataset inputs, the reference profile for
-   drift, a signature and an input example.
+2. **train** fits every candidate behind the fitted feature state: logistic regression by
+   gradient descent on binary cross-entropy, L-BFGS logistic regression and gradient
+   boosting. It keeps the best on the validation days and calibrates it where that lowers
+   the validation log loss. One MLflow run holds params, log loss, ROC AUC, the training,
+   validation and test windows as dataset inputs, the reference profile for drift, a
+   signature and an input example. A part of the window that is empty or has a single
+   class fails the task without retries.
    It runs on the `training` Celery queue and pool, and retries through an MLflow outage.
 3. **register_and_gate** registers a new model version and moves `@champion` to it only
    if its holdout log loss beats the champion's on the same holdout.
@@ -66,11 +69,18 @@ def loopline_training():
 
     @task(**TRAINING_TASK_ARGS)
     def train(plan: dict, **context) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from loopline import training
 
         window = training.TrainingWindow.from_dict(plan["window"])
         tags = {**run_tags(context, window.label), "loopline.reason": plan["reason"][:250]}
-        return training.train(config(), window, tags)
+        try:
+            return training.train(config(), window, tags)
+        except training.TrainingDataError as error:
+            # A retry would read the same partitions, so the task fails without retries.
+            # register_and_gate then never runs, so no model version is created.
+            raise AirflowFailException(f"no model trained: {error}") from None
 
     @task(outlets=[CHAMPION_ASSET])
     def register_and_gate(plan: dict, trained: dict) -> dict:

@@ -98,23 +98,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# MLflow's HTTP client retries a failed request 7 times with exponential backoff and waits
+# up to 120 s for each response (MLflow 3.17 defaults, about 4 minutes in all). A command
+# that a person types should report a registry that is down within seconds, so the
+# registry commands lower both unless the environment sets them already.
+REGISTRY_COMMAND_MLFLOW_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
 def _registry_command(args: argparse.Namespace) -> int:
     import os
 
-    # A registry that is down should fail in seconds, not after MLflow's default retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    for name, value in REGISTRY_COMMAND_MLFLOW_ENV.items():
+        os.environ.setdefault(name, value)
     from loopline import registry
-    from loopline.config import cached_config
 
     if args.command == "history":
-        for entry in registry.history():
-            if entry["action"] == "reject":
-                move = f"version {entry.get('challenger_version')} rejected, @champion stays {entry.get('from_version')}"
-            else:
-                move = f"@champion {entry.get('from_version')} -> {entry.get('to_version')}"
-            print(f"{entry['at']}  {entry['action']:<8} {move}  cause={entry.get('cause', '-')}  {entry.get('reason', '')}")
-        return 0
+        return _print_history(registry)
+
+    from mlflow.exceptions import MlflowException
+
+    from loopline import settings
+    from loopline.config import cached_config
+
     try:
         if args.command == "rollback":
             result = registry.rollback(cached_config(), args.reason)
@@ -123,7 +131,30 @@ def _registry_command(args: argparse.Namespace) -> int:
     except registry.RegistryError as error:
         print(f"{args.command} failed: {error}", file=sys.stderr)
         return 1
+    except MlflowException as error:
+        # The registry passed the reachability check, but a later request failed.
+        print(
+            f"{args.command} failed: the MLflow registry at {settings.mlflow_tracking_uri()} returned an error "
+            f"({registry.error_cause(error)}); check the tracking server's log and run the command again",
+            file=sys.stderr,
+        )
+        return 1
     print(json.dumps(result))
+    return 0
+
+
+def _print_history(registry) -> int:
+    """Print the audit log, one alias move or rejection per line. It needs no registry."""
+    entries = registry.history()
+    if not entries:
+        print(f"no alias moves recorded yet in {registry.audit_log_path()}")
+        return 0
+    for entry in entries:
+        if entry["action"] == "reject":
+            move = f"version {entry.get('challenger_version')} rejected, @champion stays {entry.get('from_version')}"
+        else:
+            move = f"@champion {entry.get('from_version')} -> {entry.get('to_version')}"
+        print(f"{entry['at']}  {entry['action']:<8} {move}  cause={entry.get('cause', '-')}  {entry.get('reason', '')}")
     return 0
 
 

@@ -34,6 +34,10 @@ SKOPS_TRUSTED_TYPES = [
     "loopline.features.FeatureProcessor",
     "numpy.dtype",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    # The calibrated classifier (loopline.calibration): one frozen classifier with its
+    # sigmoid or isotonic calibrator.
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
 ]
 
 

@@ -33,7 +33,6 @@ class RegistryError(RuntimeError):
     """The registry cannot do what was requested (unknown version, no champion, unreachable)."""
 
 
-
 def audit_log_path():
     return settings.home() / "registry_audit.jsonl"
 
@@ -61,10 +60,34 @@ def _client():
         client.search_registered_models(max_results=1)
     except (MlflowException, OSError) as error:
         raise RegistryError(
-            f"cannot reach the MLflow registry at {settings.mlflow_tracking_uri()}: {error}; start it "
-            "(make services) or point LOOPLINE_MLFLOW_TRACKING_URI at a running tracking server"
+            f"cannot reach the MLflow registry at {settings.mlflow_tracking_uri()} ({error_cause(error)}); "
+            "start it with `make services`, or set LOOPLINE_MLFLOW_TRACKING_URI to a running tracking server"
         ) from None
     return client
+
+
+# Maximum length, in characters, of the cause that ``error_cause`` copies from a message.
+MAX_CAUSE_CHARS = 200
+
+
+def error_cause(error: BaseException) -> str:
+    """Return the short cause of an MLflow or OS error, on one line.
+
+    MLflow wraps a failed HTTP request in a message of several hundred characters that ends
+    with the socket error, such as "[Errno 111] Connection refused" or "Read timed out.
+    (read timeout=10)" (urllib3 2.x wording).
+    """
+    import re
+
+    text = str(error)
+    socket_error = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if socket_error:
+        return socket_error.group(1).strip()
+    timeout = re.search(r"read timeout=([\d.]+)", text)
+    if timeout:
+        return f"no response within {timeout.group(1)} s"
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first_line[:MAX_CAUSE_CHARS]
 
 
 def champion_version(client, name: str):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopline import candidates, evaluation, metrics, modeling, store, tracking
+from loopline import calibration, candidates, evaluation, metrics, modeling, store, tracking
 from loopline.config import LooplineConfig
 from loopline.pipeline import VALIDATION_DATASET
 from loopline.monitoring import drift
@@ -159,20 +159,34 @@ def check_trainable(frame: pd.DataFrame, config: LooplineConfig, part: str, wind
     return counts
 
 
+# MLflow dataset context of each part of the window, in time order. The holdout is the
+# test window. It is logged with the context "test", and its metrics keep the "holdout_"
+# prefix because the registry gate and monitoring read them by those names.
+DATASET_CONTEXTS = {"training": "training", "validation": "validation", "holdout": "test"}
+
+
+def split_window(frame: pd.DataFrame, window: TrainingWindow) -> dict[str, pd.DataFrame]:
+    """Split the window's rows by flight date into training, validation and holdout rows."""
+    flight_dates = _flight_dates(frame)
+    return {
+        "training": frame[flight_dates < window.validation_start],
+        "validation": frame[(flight_dates >= window.validation_start) & (flight_dates < window.holdout_start)],
+        "holdout": frame[flight_dates >= window.holdout_start],
+    }
+
+
 def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) -> dict[str, Any]:
-    """Fit the model on the window, log the run to MLflow and return a small summary."""
+    """Fit the model on the window, log the run to MLflow and return a small summary.
+
+    Raises ``TrainingDataError`` before any model is fitted when a part of the window is
+    empty, has a single class or, for the training part, too few rows. The run then ends
+    as FAILED with the row and class counts of every part, and no model is logged.
+    """
     import mlflow
 
     feature_set = config.feature_set
-    frame = training_set(config, list(window.days))
-    flight_dates = _flight_dates(frame)
-    train_frame = frame[flight_dates < window.validation_start]
-    validation_frame = frame[(flight_dates >= window.validation_start) & (flight_dates < window.holdout_start)]
-    holdout_frame = frame[flight_dates >= window.holdout_start]
-
-    train_counts = check_trainable(train_frame, config, "training", window.label)
-    validation_counts = check_trainable(validation_frame, config, "validation", window.label)
-    holdout_counts = check_trainable(holdout_frame, config, "holdout", window.label)
+    parts = split_window(training_set(config, list(window.days)), window)
+    train_frame, validation_frame, holdout_frame = parts["training"], parts["validation"], parts["holdout"]
 
     run_tags = {
         **tags,
@@ -197,36 +211,17 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
                 **{f"sgd_{key}": value for key, value in config.training.sgd.model_dump().items()},
             }
         )
-        mlflow.log_metrics(
-            {
-                "train_rows": train_counts["rows"],
-                "train_positives": train_counts["positives"],
-                "validation_rows": validation_counts["rows"],
-                "validation_positives": validation_counts["positives"],
-                "holdout_rows": holdout_counts["rows"],
-                "holdout_positives": holdout_counts["positives"],
-            }
-        )
-        _log_datasets(config, window, train_frame, validation_frame, holdout_frame)
+        _check_and_log_counts(config, window, parts)
+        _log_datasets(config, window, parts)
 
         x_train = train_frame[feature_set.features]
         x_validation = validation_frame[feature_set.features]
         x_holdout = holdout_frame[feature_set.features]
-        selection = candidates.select(
-            config, x_train, train_frame[feature_set.label], x_validation, validation_frame[feature_set.label]
-        )
-        pipeline = selection.pipeline
-        mlflow.log_param("model", selection.best.label)
-        mlflow.set_tag("loopline.model_family", selection.best.family)
-        mlflow.log_dict({"candidates": selection.results, "chosen": selection.best.label}, "candidates.json")
-        for index, result in enumerate(selection.results):
-            mlflow.log_metric("candidate_validation_log_loss", result["validation_log_loss"], step=index)
-        # The descent of the best gradient-descent setting, whether or not it was chosen.
-        for point in selection.descent:
-            mlflow.log_metrics(
-                {"epoch_train_log_loss": point["train_log_loss"], "epoch_validation_log_loss": point["holdout_log_loss"]},
-                step=point["epoch"],
-            )
+        y_validation = validation_frame[feature_set.label]
+        selection = candidates.select(config, x_train, train_frame[feature_set.label], x_validation, y_validation)
+        calibrated = calibration.calibrate(selection.pipeline, x_validation, y_validation)
+        _log_selection(selection, calibrated)
+        pipeline = calibrated.pipeline
 
         train_probability = pipeline.predict_proba(x_train)[:, 1]
         holdout_probability = pipeline.predict_proba(x_holdout)[:, 1]
@@ -244,7 +239,7 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
             holdout_probability,
             config.serving.decision_threshold,
             feature_set.features,
-            evaluation.permutation_importance(pipeline, x_validation, validation_frame[feature_set.label], config.training.seed),
+            evaluation.permutation_importance(pipeline, x_validation, y_validation, config.training.seed),
             f"{window.holdout_days[0]}..{window.holdout_days[-1]}",
         )
 
@@ -288,6 +283,58 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
     }
 
 
+def _check_and_log_counts(config: LooplineConfig, window: TrainingWindow, parts: dict[str, pd.DataFrame]) -> None:
+    """Log every part's row and class counts, then check each part with ``check_trainable``.
+
+    The counts are logged first, so a failed run still shows which part broke the rule.
+    """
+    import mlflow
+
+    label = config.feature_set.label
+    counts = {}
+    for part, frame in parts.items():
+        prefix = "train" if part == "training" else part
+        positives = int((frame[label] == 1).sum())
+        counts.update(
+            {f"{prefix}_rows": len(frame), f"{prefix}_positives": positives, f"{prefix}_negatives": len(frame) - positives}
+        )
+    mlflow.log_metrics(counts)
+
+    try:
+        for part, frame in parts.items():
+            check_trainable(frame, config, part, window.label)
+    except TrainingDataError as error:
+        mlflow.set_tag("loopline.training_error", str(error)[:500])
+        raise
+
+
+def _log_selection(selection: candidates.Selection, calibrated: calibration.Calibration) -> None:
+    """Log the chosen candidate, every candidate's score, the SGD descent and the calibration."""
+    import mlflow
+
+    mlflow.log_params({"model": selection.best.label, "calibration": calibrated.method})
+    mlflow.set_tags({"loopline.model_family": selection.best.family, "loopline.calibration": calibrated.method})
+    mlflow.log_dict(
+        {
+            "candidates": selection.results,
+            "chosen": selection.best.label,
+            "calibration": {"method": calibrated.method, "validation_log_loss": calibrated.log_losses, "note": calibrated.note},
+        },
+        "candidates.json",
+    )
+    for index, result in enumerate(selection.results):
+        mlflow.log_metric("candidate_validation_log_loss", result["validation_log_loss"], step=index)
+    # The descent of the best gradient-descent setting, whether or not it was chosen.
+    for point in selection.descent:
+        mlflow.log_metrics(
+            {"epoch_train_log_loss": point["train_log_loss"], "epoch_validation_log_loss": point["holdout_log_loss"]},
+            step=point["epoch"],
+        )
+    # The uncalibrated value is the chosen candidate's own validation log loss, and each
+    # method's value is cross-fitted.
+    mlflow.log_metrics({f"validation_log_loss_{name}": value for name, value in calibrated.log_losses.items()})
+
+
 def validation_status(days: list[dt.date]) -> str:
     """Return how many of ``days`` have a passed validation result on file."""
     passed = 0
@@ -317,23 +364,22 @@ def _flight_dates(frame: pd.DataFrame) -> np.ndarray:
     return pd.to_datetime(frame["flight_date"]).dt.date.to_numpy()
 
 
-def _log_datasets(config: LooplineConfig, window: TrainingWindow, train_frame, validation_frame, holdout_frame) -> None:
+def _log_datasets(config: LooplineConfig, window: TrainingWindow, parts: dict[str, pd.DataFrame]) -> None:
+    """Log each part of the window as an MLflow dataset input; MLflow computes its digest."""
     import mlflow
 
     feature_set = config.feature_set
     source = str(store.partition_dir(store.feature_dataset(feature_set.name, feature_set.version), window.start).parent)
-    for context, days, frame in (
-        ("training", window.train_days, train_frame),
-        ("validation", window.validation_days, validation_frame),
-        ("holdout", window.holdout_days, holdout_frame),
-    ):
+    part_days = {"training": window.train_days, "validation": window.validation_days, "holdout": window.holdout_days}
+    for part, frame in parts.items():
+        days = part_days[part]
         dataset = mlflow.data.from_pandas(
             frame[feature_set.features + [feature_set.label]],
             source=source,
             name=f"{feature_set.name}-{feature_set.version} {days[0]}..{days[-1]}",
             targets=feature_set.label,
         )
-        mlflow.log_input(dataset, context=context)
+        mlflow.log_input(dataset, context=DATASET_CONTEXTS[part])
 
 
 def load_reference_profile(run_id: str) -> dict:

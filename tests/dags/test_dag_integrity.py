@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -70,3 +71,34 @@ def test_training_is_scheduled_on_feature_asset(dagbag):
     assert FEATURES_ASSET in publish.outlets
     training = dagbag.dags["loopline_training"]
     assert list(training.timetable.asset_condition.objects) == [FEATURES_ASSET]
+
+
+def test_training_data_error_fails_without_retry(dagbag, monkeypatch):
+    """A window that cannot be trained on fails the train task for good, so nothing is registered."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from loopline import training
+
+    def single_class(config, window, tags):
+        raise training.TrainingDataError("training set of window 2013-01-01..2013-01-15 has a single class")
+
+    monkeypatch.setattr(training, "train", single_class)
+    dag = dagbag.dags["loopline_training"]
+    window = training.TrainingWindow(
+        start=dt.date(2013, 1, 1),
+        end=dt.date(2013, 1, 15),
+        validation_start=dt.date(2013, 1, 10),
+        holdout_start=dt.date(2013, 1, 12),
+        days=tuple(dt.date(2013, 1, day) for day in range(1, 15)),
+    )
+    context = {
+        "dag": SimpleNamespace(dag_id=dag.dag_id),
+        "dag_run": SimpleNamespace(run_id="manual__test"),
+        "task_instance": SimpleNamespace(task_id="train", try_number=1),
+    }
+
+    with pytest.raises(AirflowFailException, match="no model trained: training set of window .* single class"):
+        dag.get_task("train").python_callable({"window": window.to_dict(), "reason": "manual"}, **context)
+    assert dag.get_task("register_and_gate").upstream_task_ids >= {"train"}

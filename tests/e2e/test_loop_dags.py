@@ -118,10 +118,26 @@ def test_loop_through_airflow(loop_env, dagbag):
     assert len(run_data.data.tags["loopline.git_commit"]) in (40, len("unknown"))
     assert run_data.data.tags["loopline.model_family"] in ("sgd_logistic", "logistic_regression", "hist_gradient_boosting")
     assert {item.path for item in client.list_artifacts(champion.run_id)} >= {"candidates.json", "reference_profile.json"}
-    contexts = {
-        tag.value for item in run_data.inputs.dataset_inputs for tag in item.tags if tag.key == "mlflow.data.context"
+    # The three time-ordered windows, each a dataset input with its own digest.
+    datasets = {
+        tag.value: item.dataset
+        for item in run_data.inputs.dataset_inputs
+        for tag in item.tags
+        if tag.key == "mlflow.data.context"
     }
-    assert contexts == {"training", "validation", "holdout"}
+    assert set(datasets) == {"training", "validation", "test"}
+    assert all(dataset.digest for dataset in datasets.values())
+    assert len({dataset.digest for dataset in datasets.values()}) == 3
+    assert datasets["test"].name == "flights-v1 2013-01-05..2013-01-06"
+    assert datasets["validation"].name == "flights-v1 2013-01-03..2013-01-04"
+    assert run_data.data.tags["airflow.run_id"] == run.run_id
+    assert run_data.data.tags["loopline.feature_set"] == "flights/v1"
+    assert run_data.data.params["calibration"] in ("none", "sigmoid", "isotonic")
+    assert run_data.data.tags["loopline.calibration"] == run_data.data.params["calibration"]
+    for name in ("validation_log_loss_uncalibrated", "validation_log_loss_sigmoid", "validation_log_loss_isotonic"):
+        assert 0 < metrics[name] < 1, f"{name}={metrics[name]}"
+    validation_descent = client.get_metric_history(champion.run_id, "epoch_validation_log_loss")
+    assert [point.step for point in validation_descent] == [point.step for point in descent]
     plots = {item.path for item in client.list_artifacts(champion.run_id, "plots")}
     assert plots == {
         f"plots/{name}.png" for name in ("roc", "precision_recall", "calibration", "confusion_matrix", "feature_importance")

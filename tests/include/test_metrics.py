@@ -23,6 +23,14 @@ def test_log_loss_exact_zero_and_one_stay_finite():
     assert metrics.log_loss([0, 1, 1, 0], [0, 1, 0.8, 0.3]) == pytest.approx(0.14495, abs=1e-5)
 
 
+def test_log_loss_integer_probabilities_accepted():
+    """Probabilities given as an integer array are clipped like floats, never a type error."""
+    import numpy as np
+
+    assert metrics.log_loss(np.array([0, 1]), np.array([0, 1], dtype="int64")) == pytest.approx(1e-15, abs=1e-14)
+    assert metrics.log_loss(np.array([0, 1]), np.array([1, 1], dtype="int64")) == pytest.approx(17.2698, abs=1e-4)
+
+
 def test_log_loss_empty_window_is_nan():
     assert math.isnan(metrics.log_loss([], []))
 

@@ -155,3 +155,153 @@ def test_rollback_first_champion_has_nowhere_to_go(tmp_path, monkeypatch, regist
     monkeypatch.setenv("LOOPLINE_HOME", str(tmp_path))
     with pytest.raises(registry.RegistryError, match="has no @champion to roll back"):
         registry.rollback(registry_env, "nothing promoted here")
+
+
+def test_promote_unknown_version_command(registry_env, monkeypatch, capsys):
+    """`loopline promote 9` exits 1 with one line that lists the versions that exist."""
+    from loopline import cli
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    champion_before = _champion(registry_env)
+
+    code = cli.main(["promote", "9", "--reason", "typo"])
+
+    assert code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == (
+        f"promote failed: model '{registry_env.model_name}' has no version '9'; existing versions: [1, 2, 3]"
+    )
+    assert _champion(registry_env) == champion_before
+
+
+def test_aliases_only_one_champion(registry_env):
+    """Promotion moves aliases: one version has @champion and no version has a stage."""
+    from loopline import tracking
+
+    client = tracking.configure()
+    name = registry_env.model_name
+    # Search results leave aliases out (MLflow 3.17), so each version is read on its own.
+    versions = [client.get_model_version(name, found.version) for found in client.search_model_versions(f"name='{name}'")]
+    holders = [str(version.version) for version in versions if "champion" in version.aliases]
+    assert holders == [_champion(registry_env)]
+    assert {version.current_stage for version in versions} <= {"None", None}
+
+
+def test_no_stage_api_in_source(repo_root):
+    """Stages are deprecated since MLflow 2.9; no Loopline code calls the stage API."""
+    deprecated = ("transition_model_version_stage", "get_latest_versions", "latest_versions")
+    for folder in ("include", "dags", "plugins"):
+        for path in (repo_root / folder).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            for name in deprecated:
+                assert name not in text, f"{path} uses the deprecated stage API {name}"
+
+
+def test_logged_signature_numerical_double(registry_env):
+    """Integer columns are double in the signature, so NaN or floats in them are accepted."""
+    import mlflow
+    import numpy as np
+
+    from loopline import sources
+
+    config = registry_env
+    uri = f"models:/{config.model_name}@champion"
+    inputs = mlflow.models.get_model_info(uri).signature.inputs
+    types = {spec.name: spec.type.name for spec in inputs.inputs}
+    assert {types[name] for name in config.feature_set.numerical} == {"double"}
+    assert {types[name] for name in config.feature_set.categorical} == {"string"}
+
+    batch = sources.flight_feed(DAYS[-1])[config.feature_set.features].head(4).copy()
+    batch["plane_seats"] = batch["plane_seats"].astype("float64")
+    batch.loc[batch.index[1], ["plane_seats", "sched_dep_hour"]] = np.nan
+    batch["distance"] = batch["distance"] + 0.5
+    predictions = mlflow.pyfunc.load_model(uri).predict(batch)
+    assert len(predictions) == 4
+
+
+def _champion(config) -> str:
+    from loopline import registry, tracking
+
+    return str(registry.champion_version(tracking.configure(), config.model_name).version)
+
+
+@pytest.fixture
+def replaced_partitions():
+    """Replace store partitions for one test and put the original files back afterwards."""
+    from loopline import store
+
+    saved: dict = {}
+
+    def replace(dataset: str, day: dt.date, change) -> None:
+        path = store.partition_path(dataset, day)
+        saved.setdefault(path, path.read_bytes())
+        store.write_partition(change(store.read_partition(dataset, day)), dataset, day)
+
+    yield replace
+    for path, content in saved.items():
+        path.write_bytes(content)
+
+
+def _assert_no_model_trained(config, monkeypatch, match: str):
+    """Train on 2013-01-12..15 and check that it stops before fitting, with nothing registered."""
+    from loopline import candidates, registry, tracking, training
+
+    client = tracking.configure()
+    versions_before = len(client.search_model_versions(f"name='{config.model_name}'"))
+    champion_before = _champion(config)
+    audit_entries_before = len(registry.history())
+
+    def fit_attempted(*args, **kwargs):
+        raise AssertionError("a model was fitted on a window that failed its checks")
+
+    monkeypatch.setattr(candidates, "select", fit_attempted)
+    with pytest.raises(training.TrainingDataError, match=match):
+        _train(_tiny(config), dt.date(2013, 1, 12), dt.date(2013, 1, 16))
+
+    assert len(client.search_model_versions(f"name='{config.model_name}'")) == versions_before
+    assert _champion(config) == champion_before
+    assert len(registry.history()) == audit_entries_before
+    [run] = client.search_runs(
+        [tracking.experiment_id(tracking.TRAINING_EXPERIMENT)], order_by=["attributes.start_time DESC"], max_results=1
+    )
+    assert run.info.status == "FAILED"
+    assert run.data.params["window_start"] == "2013-01-12"
+    assert client.list_artifacts(run.info.run_id) == []
+    return run
+
+
+def test_single_class_window_trains_nothing(registry_env, replaced_partitions, monkeypatch):
+    """All flights of the training days on time: named error, class counts logged, no version."""
+    from loopline import store
+
+    config = registry_env
+    for day in (dt.date(2013, 1, 12), dt.date(2013, 1, 13)):
+        replaced_partitions(store.LABELS, day, lambda labels: labels.assign(delayed=0))
+
+    run = _assert_no_model_trained(
+        config, monkeypatch, r"training set of window 2013-01-12..2013-01-16 has a single class \(positives=0, negatives=\d+\)"
+    )
+
+    counts = run.data.metrics
+    assert counts["train_positives"] == 0
+    assert counts["train_negatives"] == counts["train_rows"] > 0
+    assert 0 < counts["validation_positives"] < counts["validation_rows"]
+    assert "single class" in run.data.tags["loopline.training_error"]
+
+
+def test_empty_partitions_train_nothing(registry_env, replaced_partitions, monkeypatch):
+    """Header-only feature partitions for the training days: no fit, no version, alias unchanged."""
+    from loopline import store
+
+    config = registry_env
+    features = store.feature_dataset(config.feature_set.name, config.feature_set.version)
+    for day in (dt.date(2013, 1, 12), dt.date(2013, 1, 13)):
+        replaced_partitions(features, day, lambda frame: frame.iloc[:0])
+
+    run = _assert_no_model_trained(config, monkeypatch, r"training set of window 2013-01-12..2013-01-16 is empty \(0 rows\)")
+
+    assert run.data.metrics["train_rows"] == 0
+    assert run.data.metrics["holdout_rows"] > 0
+    assert "is empty" in run.data.tags["loopline.training_error"]
