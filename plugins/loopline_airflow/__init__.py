@@ -38,8 +38,9 @@ DEFAULT_ARGS = {
     "retry_delay": dt.timedelta(seconds=30),
 }
 
-# Training tasks run on their own Celery queue and pool, so light tasks never wait behind a
-# training job. The LocalExecutor ignores the queue. scripts/services.sh creates the pool
+# Training tasks run on their own Celery queue and pool. Where separate workers serve the
+# default and training queues, light tasks do not wait behind a training job. The
+# LocalExecutor ignores the queue. scripts/services.sh creates the pool
 # with LOOPLINE_TRAINING_POOL_SLOTS slots (default 1).
 TRAINING_QUEUE = "training"
 TRAINING_POOL = "training"

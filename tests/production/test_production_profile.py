@@ -118,14 +118,14 @@ def _test_config(path: Path) -> Path:
     return path
 
 
-def _wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+def _wait_for(condition: Callable[[], Any], timeout: float, description: str, interval: float = 1.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {description}")
         time.sleep(interval)
 
 
