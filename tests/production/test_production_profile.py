@@ -191,11 +191,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         broker.flushdb()
 
 
-def _report(title: str, lines: list[str]) -> None:
-    """Print evidence into the test log (pytest shows it with -s or -rP)."""
-    print(f"\n--- {title} ---")
-    for line in lines:
-        print(line)
+def _report(capsys: pytest.CaptureFixture[str], title: str, lines: list[str]) -> None:
+    """Print evidence past pytest's capture, so that the `make test` log shows it."""
+    with capsys.disabled():
+        print(f"\n--- {title} ---")
+        for line in lines:
+            print(line)
 
 
 def _trigger_training(stack: Stack, label: str) -> str:
@@ -243,7 +244,7 @@ def _kill_session(pid: int) -> list[int]:
     return [int(member) for member in members]
 
 
-def test_loop_runs_on_postgres_celery_and_mlflow_server(stack: Stack) -> None:
+def test_loop_runs_on_postgres_celery_and_mlflow_server(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     command = "source scripts/env.sh && loopline demo --start 2013-01-01 --live-start 2013-01-07 --end 2013-01-08 --timeout 900"
     demo = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=stack.env, capture_output=True, text=True, timeout=1500)
     assert demo.returncode == 0, f"demo failed:\n{demo.stdout[-6000:]}\n{demo.stderr[-6000:]}"
@@ -262,8 +263,8 @@ def test_loop_runs_on_postgres_celery_and_mlflow_server(stack: Stack) -> None:
         for line in stack.log("airflow-celery-worker").splitlines()
         if "execute_workload[" in line and "succeeded in" in line
     ]
-    _report("task instances in Airflow's PostgreSQL database (dag, queue, state, count)", [str(row) for row in task_rows])
-    _report("Celery worker log: tasks it finished", [*celery_successes[:5], f"... {len(celery_successes)} in all"])
+    _report(capsys, "task instances in Airflow's PostgreSQL database (dag, queue, state, count)", [str(row) for row in task_rows])
+    _report(capsys, "Celery worker log: tasks it finished", [*celery_successes[:5], f"... {len(celery_successes)} in all"])
 
     assert {row[2] for row in task_rows} <= {"success", "skipped"}, task_rows
     succeeded = sum(row[3] for row in task_rows if row[2] == "success")
@@ -276,8 +277,8 @@ def test_loop_runs_on_postgres_celery_and_mlflow_server(stack: Stack) -> None:
     # MLflow's database on PostgreSQL: finished training runs and the champion alias.
     mlflow_runs = stack.query("mlflow", "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status")
     aliases = stack.query("mlflow", "SELECT name, alias, version FROM registered_model_aliases")
-    _report("runs in MLflow's PostgreSQL database (status, count)", [str(row) for row in mlflow_runs])
-    _report("aliases in MLflow's registry", [str(row) for row in aliases])
+    _report(capsys, "runs in MLflow's PostgreSQL database (status, count)", [str(row) for row in mlflow_runs])
+    _report(capsys, "aliases in MLflow's registry", [str(row) for row in aliases])
     assert dict(mlflow_runs).get("FINISHED", 0) >= 1
     assert "RUNNING" not in dict(mlflow_runs)
     assert [row[1] for row in aliases].count("champion") == 1
@@ -289,7 +290,7 @@ def test_loop_runs_on_postgres_celery_and_mlflow_server(stack: Stack) -> None:
         "SELECT source, partition_date, count(*), count(DISTINCT model_version) FROM predictions GROUP BY 1, 2 ORDER BY 1, 2",
     )
     labels = stack.query("monitoring", "SELECT count(*) FROM labels")[0][0]
-    _report("predictions in the monitoring store on PostgreSQL (source, day, rows, versions)", [str(row) for row in predictions])
+    _report(capsys, "predictions in the monitoring store on PostgreSQL (source, day, rows, versions)", [str(row) for row in predictions])
     batch_days = {str(row[1]) for row in predictions if row[0] == "batch"}
     assert batch_days == {"2013-01-07", "2013-01-08"}
     assert all(row[2] > 500 for row in predictions if row[0] == "batch")
@@ -300,7 +301,7 @@ def test_loop_runs_on_postgres_celery_and_mlflow_server(stack: Stack) -> None:
     assert ready["status"] == "ready"
 
 
-def test_killed_worker_task_retried(stack: Stack) -> None:
+def test_killed_worker_task_retried(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     run_id = _trigger_training(stack, "worker-killed")
     _wait_for(lambda: _task_instance(stack, run_id, "train")["state"] == "running", 300, "the train task to run", 0.5)
     # Let the task get into its work (data loaded, MLflow run open) before the worker dies.
@@ -317,6 +318,7 @@ def test_killed_worker_task_retried(stack: Stack) -> None:
         run_id,
     )
     _report(
+        capsys,
         "worker killed in the middle of a training task",
         [
             f"killed worker processes {killed}",
@@ -333,7 +335,7 @@ def test_killed_worker_task_retried(stack: Stack) -> None:
     assert _open_mlflow_runs(stack) == []
 
 
-def test_mlflow_outage_during_training_retried(stack: Stack) -> None:
+def test_mlflow_outage_during_training_retried(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     # A day of new data, so that a forced training has days the champion has not seen.
     day = dt.date(2013, 1, 9)
     backfill(stack.api, DATA_PIPELINE, day, day, max_active_runs=1)
@@ -353,6 +355,7 @@ def test_mlflow_outage_during_training_retried(stack: Stack) -> None:
     state = _wait_for_run(stack, run_id, 900)
     tries = {task: _task_instance(stack, run_id, task)["try_number"] for task in ("plan_window", "train", "register_and_gate")}
     _report(
+        capsys,
         "MLflow server stopped during training",
         [f"MLflow down for {outage:.0f} s", f"run {run_id}: {state}; tries per task {tries}", f"open MLflow runs: {_open_mlflow_runs(stack)}"],
     )
