@@ -124,7 +124,11 @@ CATEGORICAL_METRICS = frozenset({"chi2_pvalue", "categorical_psi", "unseen_categ
 class RuleConfig(_Strict):
     name: str
     # log_loss_ratio is the live log loss divided by the model's holdout log loss.
-    metric: Literal["psi", "log_loss", "log_loss_ratio", "chi2_pvalue", "categorical_psi", "unseen_category_rate"]
+    # retrain_gain is the relative log-loss gain of a shadow model trained up to a week ago
+    # over the champion, both scored on the last week's labels.
+    metric: Literal[
+        "psi", "log_loss", "log_loss_ratio", "chi2_pvalue", "categorical_psi", "unseen_category_rate", "retrain_gain"
+    ]
     features: list[str] = Field(default_factory=list)
     threshold: float
     direction: Literal["above", "below"] = "above"
@@ -139,6 +143,8 @@ class MonitoringConfig(_Strict):
     psi_epsilon: float = Field(default=1e-4, gt=0)
     quality_window_days: int = Field(default=7, ge=1)
     retrain_cooldown_days: int = Field(default=7, ge=0)
+    # How often the retrain_gain metric (a shadow model against the champion) is computed.
+    retrain_gain_every_days: int = Field(default=7, ge=1)
     rules: list[RuleConfig] = Field(default_factory=list)
 
 
