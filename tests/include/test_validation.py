@@ -8,15 +8,19 @@ import json
 import pytest
 
 from loopline import sources, validation
+from loopline.config import load_config
+
+DAY = dt.date(2013, 1, 5)
+SCHEMA = load_config().data_schema
 
 
 @pytest.fixture(scope="module")
 def partition():
-    return sources.flight_feed(dt.date(2013, 1, 5))
+    return sources.flight_feed(DAY)
 
 
 def test_validate_real_partition_passes(partition, tmp_path):
-    summary = validation.validate_partition(partition, "2013-01-05", tmp_path / "result.json")
+    summary = validation.validate_partition(partition, "2013-01-05", tmp_path / "result.json", SCHEMA, DAY)
     assert summary["success"] is True
     assert summary["rows"] == 720
     assert json.loads((tmp_path / "result.json").read_text())["failed_expectations"] == 0
@@ -28,7 +32,7 @@ def test_validate_bad_values_fail_with_summary(partition, tmp_path):
     broken.loc[0, "flight_id"] = None
 
     with pytest.raises(validation.ValidationFailed) as failure:
-        validation.validate_partition(broken, "2013-01-05", tmp_path / "result.json")
+        validation.validate_partition(broken, "2013-01-05", tmp_path / "result.json", SCHEMA, DAY)
 
     message = str(failure.value)
     assert "expect_column_values_to_be_in_set on column 'origin': 10 unexpected value(s)" in message
@@ -42,7 +46,7 @@ def test_validate_bad_values_fail_with_summary(partition, tmp_path):
 
 def test_validate_empty_partition_fails(partition, tmp_path):
     with pytest.raises(validation.ValidationFailed, match="expect_table_row_count_to_be_between: observed 0"):
-        validation.validate_partition(partition.iloc[:0], "2013-01-05", tmp_path / "result.json")
+        validation.validate_partition(partition.iloc[:0], "2013-01-05", tmp_path / "result.json", SCHEMA, DAY)
 
 
 def test_split_rows_quarantines_with_reasons(partition):
@@ -52,7 +56,7 @@ def test_split_rows_quarantines_with_reasons(partition):
     broken.loc[2, "distance"] = -5.0
     broken.loc[3, "flight_id"] = broken.loc[4, "flight_id"]
 
-    clean, quarantined = validation.split_rows(broken)
+    clean, quarantined = validation.split_rows(broken, SCHEMA, DAY)
 
     assert len(clean) + len(quarantined) == len(broken)
     assert len(quarantined) == 4
@@ -66,7 +70,7 @@ def test_split_rows_quarantines_with_reasons(partition):
 
 
 def test_split_rows_clean_partition_keeps_all(partition):
-    clean, quarantined = validation.split_rows(partition)
+    clean, quarantined = validation.split_rows(partition, SCHEMA, DAY)
     assert len(clean) == len(partition)
     assert len(quarantined) == 0
     assert "quarantine_reason" in quarantined.columns
