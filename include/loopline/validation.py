@@ -21,6 +21,7 @@ import zoneinfo
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from loopline import store
@@ -106,13 +107,17 @@ def _coerce(column: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
     else:
         numbers = pd.to_numeric(column.where(~missing, None), errors="coerce")
     invalid = numbers.isna() & ~missing
+    # NOTE: the nullable Int64 and Float64 dtypes fail ExpectColumnValuesToBeInTypeList in
+    # GX 1.24.1 whatever the type list says, so numbers become float64 (int64 for an int
+    # column without missing values, see split_rows).
+    values = pd.Series(numbers.to_numpy(dtype="float64", na_value=np.nan), index=column.index)
     if kind == "float":
-        return numbers.astype("float64"), invalid
-    if pd.api.types.is_integer_dtype(numbers):
-        return numbers, invalid
-    fractional = numbers.notna() & (numbers != numbers.round())
-    # A nullable integer keeps integer values when some are missing; float64 would not.
-    return numbers.where(~fractional).round().astype("Int64"), invalid | fractional
+        return values, invalid
+    fractional = values.notna() & (values != values.round())
+    values = values.where(~fractional)
+    if values.notna().all():
+        return values.astype("int64"), invalid | fractional
+    return values, invalid | fractional
 
 
 def _label_key(value: Any) -> str | None:
@@ -212,7 +217,12 @@ def split_rows(
             parts.append(reason)
         reasons.append("; ".join(parts))
     quarantined["quarantine_reason"] = pd.Series(reasons, index=quarantined.index, dtype="str")
-    return typed[~bad].copy(), quarantined
+    clean = typed[~bad].copy()
+    for name, column in schema.columns.items():
+        # Rows that held the unparseable values are gone, so an int column may be whole again.
+        if column.type == "int" and name in clean.columns and clean[name].dtype == "float64" and clean[name].notna().all():
+            clean[name] = clean[name].astype("int64")
+    return clean, quarantined
 
 
 def _import_gx():
