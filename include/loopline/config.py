@@ -144,7 +144,19 @@ class Nycflights13SourceConfig(_Strict):
         return False
 
 
-class DropFolderSourceConfig(_Strict):
+class _LabelsInRowsSource(_Strict):
+    """A source whose rows carry their label, so the labels of a day arrive with its rows."""
+
+    @property
+    def label_delay_days(self) -> int:
+        return 0
+
+    @property
+    def labels_in_rows(self) -> bool:
+        return True
+
+
+class DropFolderSourceConfig(_LabelsInRowsSource):
     """CSV or Parquet files that a user drops into a folder.
 
     With ``layout: file_per_day``, ``file_pattern`` is a ``strftime`` pattern naming the file
@@ -173,16 +185,8 @@ class DropFolderSourceConfig(_Strict):
             )
         return self
 
-    @property
-    def label_delay_days(self) -> int:
-        return 0
 
-    @property
-    def labels_in_rows(self) -> bool:
-        return True
-
-
-class SqlSourceConfig(_Strict):
+class SqlSourceConfig(_LabelsInRowsSource):
     """A table or query read through SQLAlchemy, one data interval at a time.
 
     A query binds the interval as ``:start`` (inclusive) and ``:end`` (exclusive), both UTC
@@ -199,7 +203,7 @@ class SqlSourceConfig(_Strict):
     @model_validator(mode="after")
     def _one_of_each(self) -> SqlSourceConfig:
         if (self.url is None) == (self.url_env is None):
-            raise ValueError("set exactly one of url and url_env (the environment variable that holds the URL)")
+            raise ValueError("set exactly one of url and url_env (the environment variable that contains the URL)")
         if (self.table is None) == (self.query is None):
             raise ValueError("set exactly one of table and query")
         if self.query is not None:
@@ -210,14 +214,6 @@ class SqlSourceConfig(_Strict):
                     ">= :start and < :end so each run reads only its data interval"
                 )
         return self
-
-    @property
-    def label_delay_days(self) -> int:
-        return 0
-
-    @property
-    def labels_in_rows(self) -> bool:
-        return True
 
 
 SourceConfig = Annotated[

@@ -46,13 +46,8 @@ def validate_flights(day: dt.date, config: LooplineConfig) -> dict[str, Any]:
     frame = store.read_partition(store.RAW_FLIGHTS, day)
     result_path = store.partition_dir(VALIDATION_DATASET, day) / "result.json"
     if not len(frame):
-        summary = {"partition": day.isoformat(), "success": False, "rows": 0, "empty": True}
-        store.write_json(summary, result_path)
-        raise validation.ValidationFailed(
-            f"partition {day} is empty (0 rows): the source delivered no rows for its data interval, so it is "
-            "not validated, stored as clean or trained on; check the source and rerun the day",
-            summary,
-        )
+        # Raises ValidationFailed naming the empty partition, after writing the result and Data Docs.
+        validation.validate_partition(frame, day.isoformat(), result_path, schema, day, labels_in_rows, build_docs=True)
 
     clean, quarantined = validation.split_rows(frame, schema, day, labels_in_rows)
     if len(clean) + len(quarantined) != len(frame):
@@ -79,7 +74,7 @@ def validate_flights(day: dt.date, config: LooplineConfig) -> dict[str, Any]:
             summary,
         )
 
-    summary = validation.validate_partition(clean, day.isoformat(), result_path, schema, day, labels_in_rows)
+    summary = validation.validate_partition(clean, day.isoformat(), result_path, schema, day, labels_in_rows, build_docs=True)
     path = store.write_partition(clean, CLEAN_FLIGHTS, day)
     return {
         "date": day.isoformat(),
@@ -88,6 +83,7 @@ def validate_flights(day: dt.date, config: LooplineConfig) -> dict[str, Any]:
         "quarantined": len(quarantined),
         "evaluated_expectations": summary["evaluated_expectations"],
         "result_path": str(result_path),
+        "data_docs": summary["data_docs"],
         "clean_path": str(path),
     }
 

@@ -242,7 +242,7 @@ def _read_drop_folder(source: DropFolderSourceConfig, schema: SchemaConfig, day:
         unparsed = int(times.isna().sum())
         if unparsed:
             # NOTE: a row whose event time does not parse belongs to no interval, so no
-            # partition holds it. It is counted here on every read of the file.
+            # partition contains it. It is counted here on every read of the file.
             logger.warning(
                 "%d row(s) of %s have no parseable %s and belong to no data interval", unparsed, path, schema.event_time
             )

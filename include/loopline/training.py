@@ -159,7 +159,7 @@ def training_set_for_window(
 ) -> pd.DataFrame:
     """Return the point-in-time training set of the event times ``[start, end)``.
 
-    Each row holds the features stored for its event, which the sources deliver as known
+    Each row contains the features stored for its event, which the sources deliver as known
     before the event. A label is joined only if it had arrived by ``cutoff`` (default:
     ``end``), and no row with an event time outside the window is kept. All times are
     timezone-aware; a naive one is read as UTC.
@@ -176,7 +176,7 @@ def training_set_for_window(
     first, last = start.date() - dt.timedelta(days=1), end.date() + dt.timedelta(days=1)
     days = [day for day in store.available_days(dataset) if first <= day <= last]
     if not days:
-        raise TrainingDataError(f"no feature partition holds events in [{start}, {end}); run the data pipeline first")
+        raise TrainingDataError(f"no feature partition contains events in [{start}, {end}); run the data pipeline for those days first")
     frame = training_set(config, days, cutoff)
     times = pd.to_datetime(frame[feature_set.event_time], utc=True)
     return frame[(times >= start) & (times < end)].reset_index(drop=True)

@@ -108,8 +108,8 @@ def _coerce(column: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
         numbers = pd.to_numeric(column.where(~missing, None), errors="coerce")
     invalid = numbers.isna() & ~missing
     # NOTE: the nullable Int64 and Float64 dtypes fail ExpectColumnValuesToBeInTypeList in
-    # GX 1.24.1 whatever the type list says, so numbers become float64 (int64 for an int
-    # column without missing values, see split_rows).
+    # GX 1.24.1 even when the type list names them. So numbers become float64, or int64 for
+    # an int column without missing values (see split_rows).
     values = pd.Series(numbers.to_numpy(dtype="float64", na_value=np.nan), index=column.index)
     if kind == "float":
         return values, invalid
@@ -274,9 +274,21 @@ def build_suite(gx, schema: SchemaConfig, day: dt.date | None = None, labels_in_
 
 
 def validate_frame(
-    frame: pd.DataFrame, partition: str, schema: SchemaConfig, day: dt.date | None = None, labels_in_rows: bool = False
+    frame: pd.DataFrame,
+    partition: str,
+    schema: SchemaConfig,
+    day: dt.date | None = None,
+    labels_in_rows: bool = False,
+    docs_dir: Path | None = None,
+    full_result_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Validate ``frame`` and return a bounded summary (well under 1 KB per failure)."""
+    """Validate ``frame`` and return a bounded summary (well under 1 KB per failure).
+
+    With ``docs_dir`` the run builds GX Data Docs (HTML) there, replacing earlier ones.
+    With ``full_result_path`` GX's own validation result is written there as JSON. It contains
+    every expectation with at most ``MAX_SAMPLES`` unexpected values each, so its size does
+    not grow with the number of bad rows.
+    """
     gx = _import_gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -289,8 +301,14 @@ def validate_frame(
         .add_batch_definition_whole_dataframe("whole_partition")
     )
     suite = context.suites.add(build_suite(gx, schema, day, labels_in_rows))
-    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
-    result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": MAX_SAMPLES})
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": MAX_SAMPLES}
+    if docs_dir is None:
+        batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+        result = batch.validate(suite, result_format=result_format)
+    else:
+        result = _validate_with_docs(gx, context, batch_definition, suite, frame, partition, docs_dir, result_format)
+    if full_result_path is not None:
+        store.write_json(result.to_json_dict(), full_result_path)
 
     failures = []
     for item in result.results:
@@ -309,7 +327,7 @@ def validate_frame(
                 "exception": _short(item.exception_info.get("exception_message")) if item.exception_info else None,
             }
         )
-    return {
+    summary = {
         "partition": partition,
         "suite": SUITE_NAME,
         "success": bool(result.success),
@@ -318,6 +336,77 @@ def validate_frame(
         "failed_expectations": len(failures),
         "failures": failures,
     }
+    if not len(frame):
+        # Row-by-row expectations pass on zero rows without having checked anything.
+        summary["vacuous_expectations"] = sum(1 for item in result.results if item.success)
+    if docs_dir is not None:
+        summary["data_docs"] = str(docs_dir / "index.html")
+    if full_result_path is not None:
+        summary["full_result"] = str(full_result_path)
+    return summary
+
+
+def _validate_with_docs(gx, context, batch_definition, suite, frame, partition, docs_dir: Path, result_format):
+    """Run the suite through a checkpoint that builds Data Docs, then move the site into ``docs_dir``.
+
+    The site is built in a temporary folder beside ``docs_dir`` and swapped in with two
+    renames, so a reader sees the old site or the new one. Between the two renames there
+    is briefly no site.
+    """
+    import shutil
+    import tempfile
+
+    docs_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{docs_dir.name}.", dir=docs_dir.parent))
+    try:
+        context.add_data_docs_site(
+            site_name="loopline",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(building)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"partition {partition}", data=batch_definition, suite=suite)
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"validate {partition}",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["loopline"])],
+                result_format=result_format,
+            )
+        )
+        run = checkpoint.run(batch_parameters={"dataframe": frame})
+        _swap_in(building, docs_dir)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return next(iter(run.run_results.values()))
+
+
+def _swap_in(building: Path, target: Path, attempts: int = 5) -> None:
+    """Rename the folder ``building`` to ``target``, moving an existing ``target`` aside first.
+
+    Two runs of the same partition may swap at the same moment. Then a rename finds the
+    target gone or already back, and the swap is tried again.
+    """
+    import shutil
+    import uuid
+
+    for attempt in range(attempts):
+        old = target.with_name(f".{target.name}.old.{uuid.uuid4().hex}")
+        try:
+            if target.exists():
+                os.replace(target, old)
+            os.replace(building, target)
+            return
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            logger.info("another run swapped %s at the same time; trying again", target)
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _short(value: Any, limit: int = 80) -> Any:
@@ -355,9 +444,25 @@ def validate_partition(
     schema: SchemaConfig,
     day: dt.date | None = None,
     labels_in_rows: bool = False,
+    build_docs: bool = False,
 ) -> dict[str, Any]:
-    """Validate a partition, write the full summary to ``result_path``, raise on failure."""
-    summary = validate_frame(frame, partition, schema, day, labels_in_rows)
+    """Validate a partition, write the summary to ``result_path``, raise on failure.
+
+    With ``build_docs`` the GX Data Docs go to ``data_docs/`` and GX's full result to
+    ``gx_result.json``, both beside ``result_path``, and the task log names their paths.
+    """
+    folder = result_path.parent
+    summary = validate_frame(
+        frame,
+        partition,
+        schema,
+        day,
+        labels_in_rows,
+        docs_dir=folder / "data_docs" if build_docs else None,
+        full_result_path=folder / "gx_result.json" if build_docs else None,
+    )
+    if not len(frame):
+        summary["empty"] = True
     store.write_json(summary, result_path)
     logger.info(
         "validated partition %s: %d rows, %d/%d expectations failed; result at %s",
@@ -367,6 +472,16 @@ def validate_partition(
         summary["evaluated_expectations"],
         result_path,
     )
+    if build_docs:
+        logger.info("Data Docs of partition %s: %s (full GX result: %s)", partition, summary["data_docs"], summary["full_result"])
+    if not len(frame):
+        raise ValidationFailed(
+            f"partition {partition} is empty (0 rows): the source delivered no rows for its data interval, so it "
+            f"is not stored as clean or trained on; {summary['vacuous_expectations']} row-by-row expectations "
+            "passed only because there were no rows to check. Check the source and rerun the day.\n"
+            + describe_failures(summary),
+            summary,
+        )
     if not summary["success"]:
         raise ValidationFailed(describe_failures(summary), summary)
     return summary

@@ -72,7 +72,7 @@ def _assert_same(first, second, label):
         pd.testing.assert_frame_equal(frame, second[key], check_exact=True, obj=f"{label} {key[0]} {key[1]}")
 
 
-def test_pipeline_reruns_and_parallel_runs_identical(tmp_path):
+def test_reruns_give_identical_partitions(tmp_path):
     home = tmp_path / "home"
 
     _finish(_start(DAYS, home))

@@ -99,7 +99,8 @@ def test_write_partition_killed_writer_leaves_no_partial(tmp_path, had_partition
     folder = store.partition_dir("demo", DAY, tmp_path)
     leftovers = [path.name for path in folder.iterdir() if path.name != store.PARTITION_FILE]
     # The killed writer's temporary file stays behind, hidden and never read as a partition.
-    assert len(leftovers) == 1 and leftovers[0].startswith(".part.parquet.")
+    assert len(leftovers) == 1
+    assert leftovers[0].startswith(".part.parquet.")
     if had_partition:
         assert store.available_days("demo", root=tmp_path) == [DAY]
         assert store.read_partition("demo", DAY, root=tmp_path)["x"].tolist() == [1, 2, 3]

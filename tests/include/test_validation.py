@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pandas as pd
 import pytest
 
 from loopline import sources, validation
@@ -115,3 +116,78 @@ def test_validate_flights_too_many_bad_rows_fails(partition, pipeline_home):
         pipeline.validate_flights(day, load_config())
     assert len(store.read_partition(pipeline.QUARANTINE_FLIGHTS, day)) == 20
     assert store.available_days(pipeline.CLEAN_FLIGHTS) == []
+
+
+def test_validate_flights_builds_data_docs(partition, pipeline_home, caplog):
+    """Validation builds GX Data Docs, logs their path and keeps the XCom value small."""
+    import logging
+
+    from loopline import pipeline, store
+    from loopline.config import load_config
+
+    store.write_partition(partition, store.RAW_FLIGHTS, DAY)
+    with caplog.at_level(logging.INFO, logger="loopline.validation"):
+        summary = pipeline.validate_flights(DAY, load_config())
+
+    docs = pipeline_home / "data/validation/flights/date=2013-01-05/data_docs/index.html"
+    assert summary["data_docs"] == str(docs)
+    assert docs.is_file()
+    assert list(docs.parent.glob("validations/**/*.html")), "no validation page in the Data Docs"
+    assert f"Data Docs of partition 2013-01-05: {docs}" in caplog.text
+    full = json.loads((docs.parent.parent / "gx_result.json").read_text())
+    assert full["success"] is True
+    assert len(full["results"]) == summary["evaluated_expectations"]
+    assert len(json.dumps(summary)) < 1024
+
+
+def test_validate_flights_empty_partition_flagged(partition, pipeline_home):
+    """A partition with 0 rows fails by name, is recorded as empty and gets no clean partition."""
+    from loopline import pipeline, store
+    from loopline.config import load_config
+
+    store.write_partition(partition.iloc[:0], store.RAW_FLIGHTS, DAY)
+
+    with pytest.raises(validation.ValidationFailed, match=r"partition 2013-01-05 is empty \(0 rows\)") as failure:
+        pipeline.validate_flights(DAY, load_config())
+
+    message = str(failure.value)
+    assert "expect_table_row_count_to_be_between: observed 0" in message
+    assert "row-by-row expectations passed only because there were no rows" in message
+    stored = json.loads((pipeline_home / "data/validation/flights/date=2013-01-05/result.json").read_text())
+    assert stored["empty"] is True
+    assert stored["rows"] == 0
+    assert stored["success"] is False
+    assert (pipeline_home / "data/validation/flights/date=2013-01-05/data_docs/index.html").is_file()
+    assert store.available_days(pipeline.CLEAN_FLIGHTS) == []
+
+
+def test_validate_large_failure_summary_bounded(tmp_path):
+    """200,000 rows breaking one rule give a summary of a few hundred bytes, not megabytes."""
+    from loopline.config import SchemaConfig
+
+    schema = SchemaConfig.model_validate(
+        {
+            "entity_key": "customer_id",
+            "event_time": "signup_time",
+            "columns": {
+                "customer_id": {"type": "string", "nullable": False},
+                "signup_time": {"type": "timestamp", "nullable": False},
+                "plan": {"type": "string", "allowed_values": ["basic", "pro"]},
+            },
+            "label": {"column": "churned", "mapping": {"0": 0, "1": 1}},
+        }
+    )
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"C{number:06d}" for number in range(200_000)],
+            "signup_time": pd.Timestamp("2024-06-01T10:00", tz="UTC"),
+            "plan": "gold",
+        }
+    )
+
+    with pytest.raises(validation.ValidationFailed) as failure:
+        validation.validate_partition(frame, "2024-06-01", tmp_path / "result.json", schema, build_docs=True)
+
+    assert "expect_column_values_to_be_in_set on column 'plan': 200000 unexpected value(s); e.g. ['gold'" in str(failure.value)
+    assert len(json.dumps(failure.value.summary)) < 1024
+    assert (tmp_path / "gx_result.json").stat().st_size < 64_000
