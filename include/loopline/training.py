@@ -20,7 +20,7 @@ import pandas as pd
 
 from loopline import calibration, candidates, evaluation, metrics, modeling, store, tracking
 from loopline.config import LooplineConfig
-from loopline.pipeline import VALIDATION_DATASET
+from loopline.pipeline import LABEL_ARRIVED_AT, VALIDATION_DATASET
 from loopline.monitoring import drift
 
 logger = logging.getLogger(__name__)
@@ -123,11 +123,27 @@ def plan_window(
     return TrainingWindow(start=start, end=end, validation_start=validation_start, holdout_start=holdout_start, days=days)
 
 
-def training_set(config: LooplineConfig, days: list[dt.date]) -> pd.DataFrame:
-    """Join the feature partitions of ``days`` with their labels on the entity key."""
+def label_cutoff(config: LooplineConfig, end: dt.date) -> pd.Timestamp:
+    """Return the time by which the labels of a window ending before ``end`` are due.
+
+    Labels of the window's last day land with the run ``label_delay_days`` after it, at
+    the end of that run's data interval. A label that landed later (a backfill of labels,
+    a correction) is left out, so retraining the same window gives the same training set.
+    """
+    from loopline.validation import interval_bounds
+
+    due_day = end + dt.timedelta(days=config.source.label_delay_days)
+    return interval_bounds(due_day, config.data_schema)[0]
+
+
+def training_set(config: LooplineConfig, days: list[dt.date], cutoff: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Join the feature partitions of ``days`` with the labels that had arrived by ``cutoff``.
+
+    Without ``cutoff`` every label in the store is used.
+    """
     feature_set = config.feature_set
     features = store.read_days(store.feature_dataset(feature_set.name, feature_set.version), days)
-    labels = store.read_days(store.LABELS, days)[[feature_set.entity_key, feature_set.label]]
+    labels = _labels_arrived_by(config, [day for day in days if store.partition_path(store.LABELS, day).is_file()], cutoff)
     joined = features.merge(labels, on=feature_set.entity_key, how="inner", validate="one_to_one")
 
     unlabelled = len(features) - len(joined)
@@ -136,6 +152,60 @@ def training_set(config: LooplineConfig, days: list[dt.date]) -> pd.DataFrame:
         # left out of training, never given a guessed label.
         logger.warning("%d of %d feature rows have no label and are left out of training", unlabelled, len(features))
     return joined.sort_values([feature_set.event_time, feature_set.entity_key], kind="stable").reset_index(drop=True)
+
+
+def training_set_for_window(
+    config: LooplineConfig, start: dt.datetime, end: dt.datetime, cutoff: dt.datetime | None = None
+) -> pd.DataFrame:
+    """Return the point-in-time training set of the event times ``[start, end)``.
+
+    Each row contains the features stored for its event, which the sources deliver as known
+    before the event. A label is joined only if it had arrived by ``cutoff`` (default:
+    ``end``), and no row with an event time outside the window is kept. All times are
+    timezone-aware; a naive one is read as UTC.
+    """
+    feature_set = config.feature_set
+    start, end = _utc(start), _utc(end)
+    cutoff = _utc(cutoff) if cutoff is not None else end
+    if start >= end:
+        raise TrainingDataError(f"training window start {start} is not before its end {end}; swap or fix them")
+
+    # A partition's date is a calendar day in the partition time zone, so the partitions
+    # of the day before start and of end's day may hold events inside the window.
+    dataset = store.feature_dataset(feature_set.name, feature_set.version)
+    first, last = start.date() - dt.timedelta(days=1), end.date() + dt.timedelta(days=1)
+    days = [day for day in store.available_days(dataset) if first <= day <= last]
+    if not days:
+        raise TrainingDataError(f"no feature partition contains events in [{start}, {end}); run the data pipeline for those days first")
+    frame = training_set(config, days, cutoff)
+    times = pd.to_datetime(frame[feature_set.event_time], utc=True)
+    return frame[(times >= start) & (times < end)].reset_index(drop=True)
+
+
+def _utc(moment: dt.datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _labels_arrived_by(config: LooplineConfig, days: list[dt.date], cutoff: pd.Timestamp | None) -> pd.DataFrame:
+    """Read the label partitions of ``days`` and keep the labels that arrived by ``cutoff``."""
+    feature_set = config.feature_set
+    columns = [feature_set.entity_key, feature_set.label]
+    if not days:
+        return pd.DataFrame({name: pd.Series(dtype="str" if name == feature_set.entity_key else "int64") for name in columns})
+    labels = store.read_days(store.LABELS, days)
+    if cutoff is None:
+        return labels[columns]
+    if LABEL_ARRIVED_AT not in labels.columns:
+        # NOTE: label partitions written before arrival times were recorded are all
+        # used; rerun the data pipeline over those days to record the times.
+        logger.warning("label partitions of %s..%s have no %s column; their labels are all used", days[0], days[-1], LABEL_ARRIVED_AT)
+        return labels[columns]
+    arrived = pd.to_datetime(labels[LABEL_ARRIVED_AT], utc=True) <= cutoff
+    late = int((~arrived).sum())
+    if late:
+        logger.info("%d label(s) arrived after the cutoff %s and are left out", late, cutoff)
+    return labels.loc[arrived, columns]
 
 
 def check_trainable(frame: pd.DataFrame, config: LooplineConfig, part: str, window_label: str) -> dict[str, int]:
@@ -185,7 +255,8 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
     import mlflow
 
     feature_set = config.feature_set
-    parts = split_window(training_set(config, list(window.days)), window)
+    cutoff = label_cutoff(config, window.end)
+    parts = split_window(training_set(config, list(window.days), cutoff), window)
     train_frame, validation_frame, holdout_frame = parts["training"], parts["validation"], parts["holdout"]
 
     run_tags = {

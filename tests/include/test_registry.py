@@ -26,7 +26,7 @@ def registry_env(tmp_path_factory):
     monitoring_store.get_engine.cache_clear()
     config = load_config()
     for day in DAYS:
-        pipeline.extract_flights(day)
+        pipeline.extract_flights(day, config)
         # Validation has its own tests; this fixture only needs clean partitions.
         store.write_partition(store.read_partition(store.RAW_FLIGHTS, day), pipeline.CLEAN_FLIGHTS, day)
         pipeline.build_features(day, config)
