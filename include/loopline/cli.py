@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("summary", help="print the demo summary for the running services")
 
+    experiment = commands.add_parser(
+        "experiment", help="replay 2013 and compare static, monthly, weekly and policy-driven retraining"
+    )
+    experiment.add_argument("--start", type=_date, default=dt.date(2013, 4, 1), help="first scored day (default: %(default)s)")
+    experiment.add_argument("--end", type=_date, default=dt.date(2013, 12, 31), help="last scored day, included (default: %(default)s)")
+    experiment.add_argument("--window-days", type=int, default=90, help="days of labelled history per training (default: %(default)s)")
+    experiment.add_argument("--out", default="docs/experiment", help="output folder (default: %(default)s)")
+
     report = commands.add_parser("report", help="write a report from the monitoring store")
     report.add_argument("kind", choices=["latency"], help="latency: the model server's time per request stage")
     report.add_argument("--out", default=None, help="output folder (default: <LOOPLINE_HOME>/reports/latency)")
@@ -64,6 +72,21 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ("rollback", "promote", "history"):
         return _registry_command(args)
+
+    if args.command == "experiment":
+        from pathlib import Path
+
+        from loopline import experiment
+        from loopline.config import cached_config
+
+        command = "loopline " + " ".join(argv if argv is not None else sys.argv[1:])
+        try:
+            summary = experiment.run(cached_config(), Path(args.out), args.start, args.end, args.window_days, command)
+        except ValueError as error:
+            print(f"experiment failed: {error}", file=sys.stderr)
+            return 1
+        print((Path(args.out) / "experiment.md").read_text())
+        return 0 if summary else 1
 
     if args.command == "report":
         from pathlib import Path

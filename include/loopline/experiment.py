@@ -44,6 +44,9 @@ DEFAULT_WINDOW_DAYS = 90
 # The shadow model of the policy's retrain-gain estimate is compared with the champion on
 # this many most recent labelled days, which its own training window leaves out.
 GAIN_DAYS = 7
+# Days scored per prediction call: a shadow model needs only the week after its window,
+# a served model the weeks until the next retrain.
+PREDICTION_BATCH_DAYS = 14
 
 
 @dataclasses.dataclass
@@ -69,7 +72,13 @@ class StrategyResult:
 class Replay:
     """The labelled flights of 2013 and the models fitted on them, cached by training day."""
 
-    def __init__(self, config: LooplineConfig, window_days: int = DEFAULT_WINDOW_DAYS):
+    def __init__(
+        self,
+        config: LooplineConfig,
+        window_days: int = DEFAULT_WINDOW_DAYS,
+        first: dt.date = sources.FIRST_DAY,
+        last: dt.date = sources.LAST_DAY,
+    ):
         self.config = config
         self.window_days = window_days
         self.features = config.feature_set.features
@@ -77,8 +86,8 @@ class Replay:
         self.candidate = _boosting_candidate(config)
         started = time.perf_counter()
         frames = []
-        day = sources.FIRST_DAY
-        while day <= sources.LAST_DAY:
+        day = first
+        while day <= last:
             labels = sources.label_feed(day)[["flight_id", "delayed"]].rename(columns={"delayed": self.label})
             frames.append(sources.flight_feed(day).merge(labels, on="flight_id", validate="one_to_one").assign(flight_date=day))
             day += dt.timedelta(days=1)
@@ -114,18 +123,18 @@ class Replay:
     def probabilities(self, window: tuple[dt.date, dt.date], day: dt.date) -> np.ndarray:
         """Return the predictions of the model fitted on ``window`` for the flights of ``day``.
 
-        The first request for a model scores every later day of the year in one call, which
-        is much faster than one call per day.
+        A request scores ``PREDICTION_BATCH_DAYS`` days from ``day`` on in one call, which is
+        much faster than one call per day.
         """
         key = (*window, day)
         if key not in self._predictions:
-            later = [other for other in self.days if other > window[1]]
-            rows = pd.concat([self.days[other] for other in later], ignore_index=True)
+            batch = [other for other in self.days if day <= other < day + dt.timedelta(days=PREDICTION_BATCH_DAYS)]
+            rows = pd.concat([self.days[other] for other in batch], ignore_index=True)
             scores = self.model(*window).predict_proba(rows[self.features])[:, 1]
             offset = 0
-            for other in later:
+            for other in batch:
                 size = len(self.days[other])
-                self._predictions[(*window, other)] = scores[offset : offset + size]
+                self._predictions.setdefault((*window, other), scores[offset : offset + size])
                 offset += size
         return self._predictions[key]
 
@@ -276,6 +285,7 @@ def run(
     start: dt.date = DEFAULT_START,
     end: dt.date = DEFAULT_END,
     window_days: int = DEFAULT_WINDOW_DAYS,
+    command: str = "loopline experiment",
 ) -> dict[str, Any]:
     """Run every strategy, write the table, the plot and the raw results to ``out``; return the summary."""
     if not sources.FIRST_DAY + dt.timedelta(days=window_days) <= start <= end <= sources.LAST_DAY:
@@ -284,7 +294,7 @@ def run(
             f"the first possible start is {sources.FIRST_DAY + dt.timedelta(days=window_days)}"
         )
     started = time.perf_counter()
-    replay = Replay(config, window_days)
+    replay = Replay(config, window_days, start - dt.timedelta(days=window_days), end)
     results = [scheduled(replay, name, start, end) for name in ("static", "monthly", "weekly")]
     policy = PolicyRun(replay)
     results.append(_serve(replay, "policy", start, end, policy.decide))
@@ -292,6 +302,7 @@ def run(
 
     out.mkdir(parents=True, exist_ok=True)
     summary = _summary(config, results, start, end, window_days, replay, elapsed)
+    summary["command"] = command
     (out / "experiment.json").write_text(json.dumps(summary, indent=2) + "\n")
     _write_daily_csv(results, out / "daily_log_loss.csv")
     _plot(results, out / "experiment.png")
@@ -364,6 +375,10 @@ def _plot(results: list[StrategyResult], path: Path) -> None:
 
 def _markdown(summary: dict[str, Any]) -> str:
     lines = [
+        "# Retraining experiment",
+        "",
+        f"Written by `{summary['command']}` in {summary['seconds']:.0f} s ({summary['models_fitted']} models fitted).",
+        "",
         "| strategy | mean daily log loss | retrains | shadow fits |",
         "|---|---|---|---|",
     ]
