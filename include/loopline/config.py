@@ -118,13 +118,23 @@ class ServingConfig(_Strict):
 
 # Drift metrics computed per categorical feature; the others are per numerical feature or
 # for the whole model.
-CATEGORICAL_METRICS = frozenset({"chi2_pvalue", "categorical_psi", "unseen_category_rate"})
+CATEGORICAL_METRICS = frozenset({"chi2_pvalue", "categorical_psi", "categorical_js_distance", "unseen_category_rate"})
 
 
 class RuleConfig(_Strict):
     name: str
     # log_loss_ratio is the live log loss divided by the model's holdout log loss.
-    metric: Literal["psi", "log_loss", "log_loss_ratio", "chi2_pvalue", "categorical_psi", "unseen_category_rate"]
+    metric: Literal[
+        "psi",
+        "js_distance",
+        "ks_pvalue",
+        "log_loss",
+        "log_loss_ratio",
+        "chi2_pvalue",
+        "categorical_psi",
+        "categorical_js_distance",
+        "unseen_category_rate",
+    ]
     features: list[str] = Field(default_factory=list)
     threshold: float
     direction: Literal["above", "below"] = "above"

@@ -670,12 +670,16 @@ def create_app(
     return app
 
 
-def run(host: str = "127.0.0.1", port: int = 8000, poll_seconds: float = 10.0) -> None:
-    """Serve the app with uvicorn in one worker process until interrupted."""
+def run(host: str = "127.0.0.1", port: int = 8000, poll_seconds: float = 10.0, access_log: bool = True) -> None:
+    """Serve the app with uvicorn in one worker process until interrupted.
+
+    ``access_log=False`` turns off uvicorn's line per request only. Validation, stage
+    timings, the monitoring log and ``/metrics`` stay on.
+    """
     import uvicorn
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(poll_seconds=poll_seconds)
-    logger.info("starting model server on http://%s:%d", host, port)
-    uvicorn.run(app, host=host, port=port, workers=1, log_level="info")
+    logger.info("starting model server on http://%s:%d (access log %s)", host, port, "on" if access_log else "off")
+    uvicorn.run(app, host=host, port=port, workers=1, log_level="info", access_log=access_log)
