@@ -7,8 +7,8 @@ monitoring store. Airflow's scheduler, task runner and metadata database are not
 loop, so the numbers are the product's work per day, not Airflow's overhead.
 
 * one day's run: a fresh Python process that runs one day's four steps, timed from
-  process start to exit, imports included, because a single day's run pays them; the
-  median of ``--single-samples`` different days;
+  process start to exit. Imports are included, because a single day's run pays them.
+  The figure is the median of ``--single-samples`` different days;
 * the backfill: ``--workers`` processes, each taking every ``workers``-th day, started
   together, timed from the first start to the last exit.
 

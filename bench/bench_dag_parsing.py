@@ -2,7 +2,7 @@
 
 Each measurement starts a new Python process that times ``runpy.run_path`` of one file,
 the way Airflow's DAG processor imports it, from the first import of ``airflow.sdk`` to
-the DAG object; interpreter start-up is not counted. Files are measured in interleaved
+the DAG object. Interpreter start-up is not counted. Files are measured in interleaved
 rounds so that load on the machine affects them alike. ``airflow.sdk`` alone is measured
 the same way, since it takes most of a small DAG file's time.
 """

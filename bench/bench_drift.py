@@ -25,7 +25,6 @@ import gc
 import json
 import subprocess
 import time
-import resource
 import sys
 from pathlib import Path
 
@@ -111,7 +110,7 @@ def run_side(side: str, folder: Path, repeats: int) -> dict:
         reference = pd.read_parquet(folder / "reference.parquet")
         function = lambda: scipy_check(reference, current)  # noqa: E731
     gc.collect()
-    rss_before = current_rss_bytes()
+    rss_before = common.current_rss_bytes()
     values = {}
 
     def call():
@@ -119,18 +118,7 @@ def run_side(side: str, folder: Path, repeats: int) -> dict:
         values = function()
 
     timing = common.time_calls(call, repeats)
-    return {**timing, "peak_bytes": peak_rss_bytes() - rss_before, "values": values}
-
-
-def current_rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not found in /proc/self/status")
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {**timing, "peak_bytes": common.peak_rss_bytes() - rss_before, "values": values}
 
 
 def side_process(side: str, folder: Path, repeats: int) -> dict:

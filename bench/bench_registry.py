@@ -1,6 +1,6 @@
 """Registry: champion lookup and the promotion gate with 10 and with 10,000 logged runs.
 
-A temporary LOOPLINE_HOME holds an MLflow SQLite store and feature and label partitions
+A temporary LOOPLINE_HOME contains an MLflow SQLite store and feature and label partitions
 of a few real days. A model trained on them is registered as ``@champion``. Then:
 
 * champion lookup: ``loopline.registry.champion_version`` (one
@@ -114,7 +114,7 @@ def bulk_fill_runs(client, experiment: str, target: int) -> float:
 
     The API path takes about 20 ms a run on SQLite (three transactions), so 10,000 runs
     would take minutes. This writes the same rows (run, params, metrics, latest metrics,
-    tags) through MLflow's own SQLAlchemy models, and the API then sees them as any run.
+    tags) through MLflow's own SQLAlchemy models, and the API then returns them like any other run.
     """
     import uuid
 

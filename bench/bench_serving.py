@@ -1,6 +1,6 @@
 """Online scoring: Loopline's model server vs `mlflow models serve` vs a bare FastAPI app, one champion.
 
-A temporary LOOPLINE_HOME holds an MLflow SQLite store with one registered champion
+A temporary LOOPLINE_HOME contains an MLflow SQLite store with one registered champion
 (trained on real days by ``bench_registry.prepare``). Each server runs alone, in its own
 process on 127.0.0.1, with one uvicorn worker; the load generator
 (``python -m loopline.serving.load_generator``) runs in another process and sends
@@ -106,7 +106,9 @@ def main() -> int:
         records = [{key: (None if pd.isna(value) else value) for key, value in row.items()} for row in frame.to_dict("records")]
         records_path = Path(folder) / "records.json"
         records_path.write_text(json.dumps(records))
-        environment = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri()}
+        # `mlflow models serve` starts `uvicorn` from PATH, so the venv's bin folder goes first.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        environment = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri(), "PATH": path}
 
         results = {}
         for name, (command, payload_format) in server_commands(0, config.model_name).items():

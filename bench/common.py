@@ -1,7 +1,7 @@
 """Shared helpers of the benchmark scripts: real data, timing, results files, the peers' environment.
 
-Every script writes one JSON file into the results folder (``bench/.work/results`` unless
-``--results`` says otherwise). ``bench/report.py`` turns those files into
+Every script writes one JSON file into the results folder (``bench/.work/results``, or the
+folder given with ``--results``). ``bench/report.py`` turns those files into
 ``docs/benchmarks.md``, so every number in the table comes from a run.
 """
 
@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -214,3 +215,16 @@ def profile_process(pid: int, out: Path, seconds: float, rate: int = 250) -> sub
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def current_rss_bytes() -> int:
+    """Return this process's resident set size now."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("VmRSS not found in /proc/self/status")
+
+
+def peak_rss_bytes() -> int:
+    """Return this process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import resource
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -20,19 +19,10 @@ import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.presets import DataDriftPreset
 
+import common  # bench/common.py imports only the standard library at module level
+
 # (numerical method, categorical method) per report, named as Evidently's registry names them.
 METHOD_PAIRS = {"ks_chisquare": ("ks", "chisquare"), "psi": ("psi", "psi"), "jensenshannon": ("jensenshannon", "jensenshannon")}
-
-
-def current_rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not found in /proc/self/status")
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_reports(reference: pd.DataFrame, current: pd.DataFrame, numerical: list[str], categorical: list[str]) -> dict:
@@ -57,7 +47,6 @@ def main() -> int:
     parser.add_argument("--numerical", required=True, help="comma-separated numerical columns")
     parser.add_argument("--categorical", required=True, help="comma-separated categorical columns")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--profile", type=Path, default=None, help="write a pyinstrument HTML profile of one run here")
     args = parser.parse_args()
     numerical = args.numerical.split(",")
     categorical = args.categorical.split(",")
@@ -66,19 +55,11 @@ def main() -> int:
     reference = pd.read_parquet(args.reference)
     current = pd.read_parquet(args.current)
 
-    rss_before = current_rss_bytes()
+    rss_before = common.current_rss_bytes()
     started = time.perf_counter()
     values = run_reports(reference, current, numerical, categorical)
     seconds = time.perf_counter() - started
-    peak = peak_rss_bytes() - rss_before
-
-    if args.profile is not None:
-        from pyinstrument import Profiler
-
-        profiler = Profiler()
-        with profiler:
-            run_reports(reference, current, numerical, categorical)
-        args.profile.write_text(profiler.output_html())
+    peak = common.peak_rss_bytes() - rss_before
 
     args.out.write_text(
         json.dumps(

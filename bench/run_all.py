@@ -1,8 +1,8 @@
 """Run every benchmark in turn and write docs/benchmarks.md from their results (``make bench``).
 
-Each benchmark is its own script in bench/ with its own size parameters; this runner starts
-them one after another (never in parallel: they would compete for the same cores), keeps
-going when one fails, and records the failure in the table instead of a number.
+Each benchmark is its own script in bench/ with its own size parameters. This runner starts
+them one after another, never in parallel, because they would compete for the same cores.
+When one fails, it goes on with the next and records the failure in the table.
 
     python bench/run_all.py [--only drift,features] [--out docs/benchmarks.md]
 """

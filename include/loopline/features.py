@@ -150,8 +150,8 @@ class FeatureProcessor(TransformerMixin, BaseEstimator):
         categorical = list(self.categorical)
         _require_columns(X, numerical + categorical)
 
-        # Column-major, so that each feature is written to contiguous memory; row-major
-        # writes of one column stride across every row and took most of the time at 1M rows.
+        # Column-major, so each feature is written to contiguous memory. Row-major writes of
+        # one column stride across every row, and took most of the time at 1M rows.
         output = np.empty((len(X), len(numerical) + len(categorical)), dtype="float64", order="F")
         for index, name in enumerate(numerical):
             values = _numeric_column(X, name)

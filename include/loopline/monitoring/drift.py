@@ -260,9 +260,10 @@ def ks_two_sample(ecdf: dict, current: np.ndarray) -> tuple[float, float]:
     values against a stored empirical CDF.
 
     Between two support points of the reference its CDF is flat and the current CDF only
-    rises, so the largest gap lies at a support point: just before it (current values
-    strictly below) or at it (current values up to and including it). That needs the
-    current counts per support point, found by binary search, not a sort of ``current``.
+    rises, so the largest gap lies at a support point. It is either just before the point
+    (current values strictly below) or at it (current values up to and including it).
+    That needs the current counts per support point, found by binary search, not a sort
+    of ``current``.
     """
     from scipy.stats import kstwo, kstwobign
 
