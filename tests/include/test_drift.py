@@ -198,17 +198,6 @@ def test_ks_profile_without_ecdf_not_computed():
     assert result.js_distance == 0.0
 
 
-def test_numerical_drift_psi_matches_feature_psi():
-    frame = pd.DataFrame({"x": np.random.default_rng(10).normal(size=1000)})
-    profile = drift.reference_profile(frame, ["x"], bins=10)
-    current = pd.DataFrame({"x": np.random.default_rng(11).normal(0.3, size=800)})
-
-    [combined] = drift.numerical_drift(profile, current, 1e-4, 1)
-    [alone] = drift.feature_psi(profile, current, 1e-4, 1)
-
-    assert combined.psi == alone.value
-
-
 def test_js_distance_matches_scipy_over_psi_bins():
     from scipy.spatial.distance import jensenshannon
 

@@ -222,26 +222,10 @@ def psi(reference_shares, current_shares, epsilon: float) -> float:
 
 def feature_psi(profile: dict, frame: pd.DataFrame, epsilon: float, min_rows: int) -> list[DriftResult]:
     """Return the PSI of every profiled feature of ``frame`` against the reference profile."""
-    results = []
-    for name, reference in profile["features"].items():
-        if name not in frame.columns:
-            results.append(DriftResult(name, None, "missing_column", 0))
-            continue
-        values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        if values.size == 0:
-            results.append(DriftResult(name, None, "empty_window", 0))
-            continue
-        if values.size < min_rows:
-            results.append(DriftResult(name, None, "insufficient_data", int(values.size)))
-            continue
-        if reference["rows"] == 0:
-            results.append(DriftResult(name, None, "empty_reference", int(values.size)))
-            continue
-        current = _bin_shares(values, np.asarray(reference["edges"], dtype="float64"))
-        value = psi(reference["shares"], current, epsilon)
-        status = "ok" if math.isfinite(value) else "not_finite"
-        results.append(DriftResult(name, value if status == "ok" else None, status, int(values.size)))
-    return results
+    return [
+        DriftResult(result.feature, result.psi, result.status, result.sample_size)
+        for result in numerical_drift(profile, frame, epsilon, min_rows)
+    ]
 
 
 def js_distance(reference_shares, current_shares) -> float:
