@@ -1,18 +1,20 @@
 """Registry: champion lookup and the promotion gate with 10 and with 10,000 logged runs.
 
-A temporary LOOPLINE_HOME contains an MLflow SQLite store and feature and label partitions
-of a few real days. A model trained on them is registered as ``@champion``. Then:
+Each temporary LOOPLINE_HOME contains an MLflow SQLite store and feature and label
+partitions of a few real days. A model trained on them is registered as ``@champion``.
+Then:
 
 * champion lookup: ``loopline.registry.champion_version`` (one
-  ``MlflowClient.get_model_version_by_alias`` call), the median of ``--lookups`` calls;
+  ``MlflowClient.get_model_version_by_alias`` call), ``--lookups`` calls per store and round;
 * the gate: ``loopline.registry.register_and_gate`` for a challenger already logged in a
   run: it registers a new version, scores the champion on the holdout partitions, writes
-  the evidence tags and moves an alias. The median of ``--gates`` calls.
+  the evidence tags and moves an alias. One call per store and round.
 
-Both are measured with 10 runs in the training experiment, then again after filling it to
-``--runs`` runs. The first 10 are logged through the client API (``create_run`` and one
-``log_batch`` each); the rest are inserted in bulk with the same params, metrics and tags
-(see ``bulk_fill_runs``).
+Two stores are prepared alike: one with 10 runs in the training experiment, one filled to
+``--runs`` runs. The first 10 runs of each are logged through the client API
+(``create_run`` and one ``log_batch`` each); the rest are inserted in bulk with the same
+params, metrics and tags (see ``bulk_fill_runs``). The two stores are then measured in
+alternating rounds, so that other load on the machine falls on both alike.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import statistics
 import tempfile
 import time
 import warnings
@@ -150,44 +153,65 @@ def bulk_fill_runs(client, experiment: str, target: int) -> float:
     return time.perf_counter() - started
 
 
-def measure(config, client, summary, lookups: int, gates: int) -> dict:
-    from loopline import registry
-
-    lookup = common.time_calls(lambda: registry.champion_version(client, config.model_name), lookups)
-    gate = common.time_calls(lambda: registry.register_and_gate(config, summary, reason="benchmark challenger"), gates)
-    return {"lookup": lookup, "gate": gate}
+def use_home(home: Path) -> None:
+    """Point Loopline (and so MLflow, through ``tracking.configure``) at one state folder."""
+    os.environ["LOOPLINE_HOME"] = str(home)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10_000, help="runs in the large case (default: %(default)s)")
-    parser.add_argument("--lookups", type=int, default=200, help="timed champion lookups per case (default: %(default)s)")
-    parser.add_argument("--gates", type=int, default=5, help="timed gate calls per case (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds over the two stores (default: %(default)s)")
+    parser.add_argument("--lookups", type=int, default=30, help="timed champion lookups per store and round (default: %(default)s)")
     parser.add_argument("--profile-dir", type=Path, default=common.REPO_ROOT / "docs" / "profiles")
     parser.add_argument("--results", type=Path, default=common.RESULTS_DIR)
     args = parser.parse_args()
 
+    from loopline import registry
+
+    for name in ("LOOPLINE_MLFLOW_TRACKING_URI", "LOOPLINE_MONITORING_DB_URL"):
+        os.environ.pop(name, None)
     with tempfile.TemporaryDirectory(prefix="loopline-bench-registry-") as folder:
-        os.environ["LOOPLINE_HOME"] = folder
-        for name in ("LOOPLINE_MLFLOW_TRACKING_URI", "LOOPLINE_MONITORING_DB_URL"):
-            os.environ.pop(name, None)
-        config, client, experiment, summary = prepare(Path(folder))
+        homes = {"few": Path(folder) / "few", "many": Path(folder) / "many"}
+        stores = {}
+        fill_seconds = None
+        for case, home in homes.items():
+            use_home(home)
+            config, client, experiment, summary = prepare(home)
+            fill_runs(client, experiment, FEW_RUNS)
+            if case == "many":
+                fill_seconds = bulk_fill_runs(client, experiment, args.runs)
+            run_count = len(client.search_runs([experiment], max_results=50_000))
+            stores[case] = {"config": config, "client": client, "summary": summary, "runs": run_count}
 
-        fill_runs(client, experiment, FEW_RUNS)
-        few = measure(config, client, summary, args.lookups, args.gates)
-        fill_seconds = bulk_fill_runs(client, experiment, args.runs)
-        many = measure(config, client, summary, args.lookups, args.gates)
-        run_count = len(client.search_runs([experiment], max_results=50_000))
+        # The two stores take turns, round by round, so that load from other work on the
+        # machine falls on both alike. Each gate call adds one version to its store, so both
+        # keep the same number of versions.
+        samples = {case: {"lookup": [], "gate": []} for case in homes}
+        for round_number in range(args.rounds):
+            order = ["few", "many"] if round_number % 2 == 0 else ["many", "few"]
+            for case in order:
+                use_home(homes[case])
+                store = stores[case]
+                name = store["config"].model_name
+                for _ in range(args.lookups):
+                    started = time.perf_counter()
+                    registry.champion_version(store["client"], name)
+                    samples[case]["lookup"].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                registry.register_and_gate(store["config"], store["summary"], reason="benchmark challenger")
+                samples[case]["gate"].append(time.perf_counter() - started)
 
-        lookup_ratio = many["lookup"]["median_s"] / few["lookup"]["median_s"]
-        gate_ratio = many["gate"]["median_s"] / few["gate"]["median_s"]
+        timings = {case: {call: summarize(values) for call, values in calls.items()} for case, calls in samples.items()}
+        lookup_ratio = timings["many"]["lookup"]["median_s"] / timings["few"]["lookup"]["median_s"]
+        gate_ratio = timings["many"]["gate"]["median_s"] / timings["few"]["gate"]["median_s"]
         goal_met = lookup_ratio <= 1.2 and gate_ratio <= 1.2
         profile = None
         if not goal_met:
-            from loopline import registry
-
-            slow = (lambda: registry.register_and_gate(config, summary, reason="benchmark profile")) if gate_ratio > 1.2 else (
-                lambda: [registry.champion_version(client, config.model_name) for _ in range(args.lookups)]
+            use_home(homes["many"])
+            store = stores["many"]
+            slow = (lambda: registry.register_and_gate(store["config"], store["summary"], reason="benchmark profile")) if gate_ratio > 1.2 else (
+                lambda: [registry.champion_version(store["client"], store["config"].model_name) for _ in range(args.lookups * 10)]
             )
             path = common.profile_call(slow, args.profile_dir / "registry-many-runs.svg")
             profile = str(path.relative_to(common.REPO_ROOT)) if path else None
@@ -195,11 +219,11 @@ def main() -> int:
     common.write_result(
         "registry",
         {
-            "few_runs": FEW_RUNS,
-            "many_runs": run_count,
+            "few_runs": stores["few"]["runs"],
+            "many_runs": stores["many"]["runs"],
             "fill_s": fill_seconds,
-            "few": few,
-            "many": many,
+            "few": timings["few"],
+            "many": timings["many"],
             "lookup_ratio": lookup_ratio,
             "gate_ratio": gate_ratio,
             "goal_met": goal_met,
@@ -208,6 +232,15 @@ def main() -> int:
         args.results,
     )
     return 0
+
+
+def summarize(durations: list[float]) -> dict[str, float]:
+    return {
+        "median_s": statistics.median(durations),
+        "min_s": min(durations),
+        "max_s": max(durations),
+        "repeats": len(durations),
+    }
 
 
 if __name__ == "__main__":

@@ -325,7 +325,7 @@ def _registry_details(result: dict) -> list[str]:
     lines = [
         f"Filling the experiment to {result['many_runs']:,} runs took {seconds(result['fill_s'])}.",
         "",
-        "| call | 10 runs: median (min–max) | many runs: median (min–max) |",
+        f"| call | {result['few_runs']} runs: median (min–max) | {result['many_runs']:,} runs: median (min–max) |",
         "| --- | --- | --- |",
     ]
     for key, label in (("lookup", "champion lookup"), ("gate", "promotion gate")):

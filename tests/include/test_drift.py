@@ -234,3 +234,19 @@ def test_categorical_counts_string_and_object_agree():
     assert as_string == {"__MISSING__": 4, "a": 2, "b": 2}
     assert as_object == as_string
     assert mixed == {"1": 2, "1.0": 1, "__MISSING__": 1}
+
+
+def test_counts_across_chunks_match_one_pass(monkeypatch):
+    """Counting in chunks gives the same PSI shares and KS as SciPy on the whole column."""
+    reference = np.random.default_rng(12).integers(0, 50, 3000).astype("float64")
+    current = np.random.default_rng(13).integers(3, 60, 2500).astype("float64")
+    current[::7] = np.nan
+    result_whole, expected, profile = _ks_against_scipy(reference, current)
+
+    monkeypatch.setattr(drift, "COUNT_CHUNK_ROWS", 64)
+    [result_chunked] = drift.numerical_drift(profile, pd.DataFrame({"x": current}), epsilon=1e-4, min_rows=1)
+
+    assert result_chunked.ks_statistic == pytest.approx(expected.statistic, abs=1e-12)
+    assert result_chunked.ks_pvalue == pytest.approx(expected.pvalue, abs=1e-12)
+    assert result_chunked.psi == result_whole.psi
+    assert result_chunked.js_distance == result_whole.js_distance

@@ -70,6 +70,8 @@ ECDF_MAX_POINTS = 10_000
 # Below this KS p-value (bounded by the Dvoretzky-Kiefer-Wolfowitz inequality) the p-value
 # comes from Kolmogorov's limit distribution instead of the finite-sample one.
 KS_TINY_PVALUE = 1e-10
+# Rows counted at a time when a column is compared with the profile (2 MiB of float64).
+COUNT_CHUNK_ROWS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,51 @@ class DriftResult:
 
 def _bin_shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Return the share of values in each right-closed bin, then the missing share."""
-    missing = np.isnan(values)
-    observed = values[~missing]
-    # searchsorted(side="left") puts x in bin i when edges[i-1] < x <= edges[i].
-    counts = np.bincount(np.searchsorted(edges, observed, side="left"), minlength=edges.size + 1)
-    counts = np.append(counts, missing.sum())
-    return counts / values.size
+    return _ColumnCounts(edges, None).add_all(values).bin_counts / values.size
+
+
+class _ColumnCounts:
+    """Counts of one numerical column per PSI bin and per stored CDF support point.
+
+    Values are counted in chunks of ``COUNT_CHUNK_ROWS``, so the temporary arrays stay a
+    few MiB whatever the window size.
+    """
+
+    def __init__(self, edges: np.ndarray, support: np.ndarray | None):
+        self.edges = edges
+        self.support = support
+        # Bins from searchsorted(side="left"), then the missing values.
+        self.bin_counts = np.zeros(edges.size + 2, dtype="int64")
+        size = 0 if support is None else support.size
+        # at_point[j] counts values equal to support[j]; below_point[j] those strictly
+        # between support[j-1] and support[j] (below support[0] for j = 0).
+        self.at_point = np.zeros(size, dtype="int64")
+        self.below_point = np.zeros(size, dtype="int64")
+        self.observed = 0
+
+    def add_all(self, values: np.ndarray) -> _ColumnCounts:
+        for start in range(0, values.size, COUNT_CHUNK_ROWS):
+            self._add(values[start : start + COUNT_CHUNK_ROWS])
+        return self
+
+    def _add(self, chunk: np.ndarray) -> None:
+        missing = np.isnan(chunk)
+        observed = chunk[~missing]
+        self.observed += observed.size
+        # searchsorted(side="left") puts x in bin i when edges[i-1] < x <= edges[i].
+        self.bin_counts[:-1] += np.bincount(np.searchsorted(self.edges, observed, side="left"), minlength=self.edges.size + 1)
+        self.bin_counts[-1] += int(missing.sum())
+        if self.support is None or self.support.size == 0:
+            return
+
+        size = self.support.size
+        position = np.searchsorted(self.support, observed, side="left")
+        hit = position < size
+        hit[hit] = self.support[position[hit]] == observed[hit]
+        self.at_point += np.bincount(position[hit], minlength=size)[:size]
+        # Values above the last support point get position == size and are dropped here;
+        # the KS statistic finds them as 1 - F_cur(last point).
+        self.below_point += np.bincount(position[~hit], minlength=size + 1)[:size]
 
 
 def reference_profile(
@@ -241,29 +282,28 @@ def js_distance(reference_shares, current_shares) -> float:
 
 def ks_two_sample(ecdf: dict, current: np.ndarray) -> tuple[float, float]:
     """Return the two-sample KS statistic and asymptotic p-value of observed ``current``
-    values against a stored empirical CDF.
+    values against a stored empirical CDF."""
+    support = np.asarray(ecdf["values"], dtype="float64")
+    counts = _ColumnCounts(np.asarray([], dtype="float64"), support).add_all(current)
+    return _ks_from_counts(ecdf, counts)
+
+
+def _ks_from_counts(ecdf: dict, counts: _ColumnCounts) -> tuple[float, float]:
+    """Return the KS statistic and p-value from the current counts per support point.
 
     Between two support points of the reference its CDF is flat and the current CDF only
     rises, so the largest gap lies at a support point. It is either just before the point
     (current values strictly below) or at it (current values up to and including it).
-    That needs the current counts per support point, found by binary search, not a sort
-    of ``current``.
+    So the counts per support point, found by binary search, suffice, with no sort of the
+    current window.
     """
     from scipy.stats import kstwo, kstwobign
 
-    support = np.asarray(ecdf["values"], dtype="float64")
     reference_cdf = np.asarray(ecdf["cumulative"], dtype="float64")
-    size = current.size
-
-    # position[i] = number of support points below current[i]; equal marks an exact hit.
-    position = np.searchsorted(support, current, side="left")
-    hit = position < support.size
-    hit[hit] = support[position[hit]] == current[hit]
-    at_point = np.bincount(position[hit], minlength=support.size)[: support.size]
-    below_point = np.bincount(position[~hit], minlength=support.size + 1)[: support.size]
-    # below_point[j] counts values strictly between support[j-1] and support[j].
-    cumulative_at = np.cumsum(at_point + below_point) / size
-    cumulative_before = (np.cumsum(at_point + below_point) - at_point) / size
+    size = counts.observed
+    up_to = np.cumsum(counts.at_point + counts.below_point)
+    cumulative_at = up_to / size
+    cumulative_before = (up_to - counts.at_point) / size
     reference_before = np.concatenate(([0.0], reference_cdf[:-1]))
 
     statistic = max(
@@ -318,10 +358,13 @@ def numerical_drift(profile: dict, frame: pd.DataFrame, epsilon: float, min_rows
             results.append(NumericalDrift(name, "empty_reference", int(values.size)))
             continue
 
-        current = _bin_shares(values, np.asarray(reference["edges"], dtype="float64"))
+        ecdf = reference.get("ecdf")
+        support = np.asarray(ecdf["values"], dtype="float64") if ecdf else None
+        counts = _ColumnCounts(np.asarray(reference["edges"], dtype="float64"), support).add_all(values)
+        current = counts.bin_counts / values.size
         psi_value = psi(reference["shares"], current, epsilon)
         status = "ok" if math.isfinite(psi_value) else "not_finite"
-        statistic, pvalue, ks_status = _ks_or_reason(reference.get("ecdf"), values, min_rows)
+        statistic, pvalue, ks_status = _ks_or_reason(ecdf, counts, min_rows)
         results.append(
             NumericalDrift(
                 name,
@@ -337,13 +380,12 @@ def numerical_drift(profile: dict, frame: pd.DataFrame, epsilon: float, min_rows
     return results
 
 
-def _ks_or_reason(ecdf: dict | None, values: np.ndarray, min_rows: int) -> tuple[float | None, float | None, str]:
+def _ks_or_reason(ecdf: dict | None, counts: _ColumnCounts, min_rows: int) -> tuple[float | None, float | None, str]:
     if ecdf is None:
         return None, None, "no_reference_ecdf"
     if ecdf["observed"] == 0:
         return None, None, "empty_reference"
-    observed = values[~np.isnan(values)]
-    if observed.size < min_rows:
+    if counts.observed < min_rows:
         return None, None, "insufficient_data"
-    statistic, pvalue = ks_two_sample(ecdf, observed)
+    statistic, pvalue = _ks_from_counts(ecdf, counts)
     return statistic, pvalue, "ok"
