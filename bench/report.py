@@ -140,6 +140,8 @@ def _serving_rows(result: dict) -> list[str]:
         f"| ≤ {GOAL_SERVING_P99:g}× | {verdict(goals['p99_twentieth_of_mlflow'])} |",
         f"| p50 / p99 latency vs the bare app | {loopline['p50_ms']} / {loopline['p99_ms']} ms | bare {bare['p50_ms']} / {bare['p99_ms']} ms "
         f"| {ratio(ratios['p50_vs_bare'])} / {ratio(ratios['p99_vs_bare'])} | ≤ {GOAL_SERVING_VS_BARE:g}× | {verdict(goals['within_2x_bare'])} |",
+        f"| context: the bare app vs MLflow | – | – | {ratio(bare['throughput_rps'] / mlflow_side['throughput_rps'])} throughput, "
+        f"{ratio(bare['p99_ms'] / mlflow_side['p99_ms'])} p99 | the practical limit for the MLflow goals | – |",
         f"| same with `loopline serve --no-access-log` | {quiet['throughput_rps']} req/s, p50 {quiet['p50_ms']} ms, p99 {quiet['p99_ms']} ms "
         f"| as above | {ratio(ratios['no_access_log_throughput_vs_mlflow'])} throughput, {ratio(ratios['no_access_log_p99_vs_mlflow'])} p99 of MLflow; "
         f"{ratio(ratios['no_access_log_p50_vs_bare'])} p50 of bare | as above | "
