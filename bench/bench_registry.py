@@ -11,8 +11,8 @@ Then:
   the evidence tags and moves an alias. One call per store and round.
 
 Two stores are prepared alike: one with 10 runs in the training experiment, one filled to
-``--runs`` runs. The first 10 runs of each are logged through the client API
-(``create_run`` and one ``log_batch`` each); the rest are inserted in bulk with the same
+``--runs`` runs. The first 10 runs of each are logged through the client API, with
+``create_run`` and one ``log_batch`` each. The rest are inserted in bulk with the same
 params, metrics and tags (see ``bulk_fill_runs``). The two stores are then measured in
 alternating rounds, so that other load on the machine falls on both alike.
 """
