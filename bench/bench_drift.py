@@ -15,7 +15,8 @@ Jensen-Shannon and chi-squared over the same 20 columns.
   one run takes minutes.
 
 Each side runs in a fresh process and first runs once on 1,000 rows, untimed. Peak memory
-is the growth of that process's peak RSS (``ru_maxrss``) over its RSS after that warm-up.
+is the growth of that process's peak RSS during the timed runs: the peak (VmHWM) is reset
+after the warm-up, and its RSS then is subtracted.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def run_side(side: str, folder: Path, repeats: int) -> dict:
         scipy_check(reference.head(WARM_UP_ROWS), current.head(WARM_UP_ROWS))
     gc.collect()
     rss_before = common.current_rss_bytes()
+    common.reset_peak_rss()
     values = {}
 
     def call():

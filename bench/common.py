@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -225,6 +224,14 @@ def current_rss_bytes() -> int:
     raise RuntimeError("VmRSS not found in /proc/self/status")
 
 
+def reset_peak_rss() -> None:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux 4.0 and later)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_rss_bytes() -> int:
-    """Return this process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Return this process's peak resident set size since the last ``reset_peak_rss``."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
