@@ -68,9 +68,9 @@ test: venv
 	fi; \
 	exit "$$status"
 
-# Run on demand only, never by `make test`: about 15 minutes on 2 cores. The peers'
-# environment (bench/.venv-peers) is created on the first run. Pass script options with
-# BENCH_ARGS, e.g. make bench BENCH_ARGS='--only drift,features'.
+# Run on demand only, never by `make test`: 8 to 11 minutes on 2 cores so far.
+# The peers' environment (bench/.venv-peers) is created on the first run. Pass runner
+# options with BENCH_ARGS, e.g. make bench BENCH_ARGS='--only drift,features'.
 BENCH_ARGS ?=
 bench: venv
 	LOOPLINE_BENCH_FROM_MAKE=1 $(PYTHON) bench/run_all.py $(BENCH_ARGS)
