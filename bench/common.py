@@ -53,7 +53,7 @@ def write_result(name: str, payload: dict[str, Any], results_dir: Path = RESULTS
     results_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]).replace(f"{REPO_ROOT}/", ""),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **payload,
     }

@@ -263,8 +263,9 @@ def _drift_details(result: dict) -> list[str]:
         f"| KS statistic | {_number(differences['scipy']['ks_statistic'])} | not reported by Evidently |",
         f"| KS p-value | {_number(differences['scipy']['ks_pvalue'])} | {_number(differences['evidently_ks_pvalue'])} (same method) |",
         f"| PSI | {_number(differences['scipy']['psi'])} | categorical columns without missing values "
-        f"({', '.join(differences['evidently_categorical_columns_compared'])}): {_number(differences['evidently_categorical_psi'])}; "
-        "numerical columns differ by method (Evidently bins both windows together by the Sturges rule) |",
+        f"({', '.join(differences['evidently_categorical_columns_compared'])}): {_number(differences['evidently_categorical_psi'])}, "
+        "because the smoothing of a share of 0 differs (Evidently: 1e-4, or the smallest share / 10^6 where that share is at most 1e-4; "
+        "Loopline: ε = 1e-4); numerical columns differ by method (Evidently bins both windows together by the Sturges rule) |",
         f"| Jensen-Shannon distance | {_number(differences['scipy']['js'])} | same categorical columns: {_number(differences['evidently_categorical_js'])}; "
         "numerical columns differ by method, as for PSI |",
         f"| chi-squared p-value | {_number(differences['scipy']['chi2_pvalue'])} | differs by method (Evidently runs a goodness-of-fit test against the reference shares; Loopline the 2 × k contingency test) |",
