@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # Set to 1 to accept pytest's exit code 5 (no tests were collected) as success.
 ALLOW_NO_TESTS ?=
 
-.PHONY: help venv lock services demo stop status test clean-state
+.PHONY: help venv lock services demo stop status test bench clean-state
 
 help:
 	@echo "make venv         create $(VENV) and install requirements.txt and the loopline package"
@@ -26,6 +26,7 @@ help:
 	@echo "make status       list the services with their pids and URLs"
 	@echo "make stop         stop the services"
 	@echo "make test         run pytest; pass arguments with PYTEST_ARGS='...'"
+	@echo "make bench        run the six benchmarks against the peers, write docs/benchmarks.md"
 	@echo "make clean-state  stop the services, then delete $(LOOPLINE_HOME)"
 
 venv: $(VENV_STAMP)
@@ -66,6 +67,13 @@ test: venv
 		status=0; \
 	fi; \
 	exit "$$status"
+
+# Run on demand only, never by `make test`: 8 to 11 minutes on 2 cores so far.
+# The peers' environment (bench/.venv-peers) is created on the first run. Pass runner
+# options with BENCH_ARGS, e.g. make bench BENCH_ARGS='--only drift,features'.
+BENCH_ARGS ?=
+bench: venv
+	LOOPLINE_BENCH_FROM_MAKE=1 $(PYTHON) bench/run_all.py $(BENCH_ARGS)
 
 clean-state: stop
 	@case "$(LOOPLINE_HOME)" in \

@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
     serve.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check the alias, in seconds (default: %(default)s)")
+    serve.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="turn off uvicorn's line per request; validation, timings and the monitoring log stay on",
+    )
 
     rollback = commands.add_parser("rollback", help="move @champion back to the version it replaced")
     rollback.add_argument("--reason", required=True, help="why, recorded in the audit log and on the version")
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from loopline.serving.app import run
 
-        run(host=args.host, port=args.port, poll_seconds=args.poll_seconds)
+        run(host=args.host, port=args.port, poll_seconds=args.poll_seconds, access_log=args.access_log)
         return 0
 
     if args.command in ("rollback", "promote", "history"):

@@ -281,7 +281,7 @@ class ServingConfig(_Strict):
 
 # Drift metrics computed per categorical feature; the others are per numerical feature or
 # for the whole model.
-CATEGORICAL_METRICS = frozenset({"chi2_pvalue", "categorical_psi", "unseen_category_rate"})
+CATEGORICAL_METRICS = frozenset({"chi2_pvalue", "categorical_psi", "categorical_js_distance", "unseen_category_rate"})
 
 
 class RuleConfig(_Strict):
@@ -290,7 +290,16 @@ class RuleConfig(_Strict):
     # retrain_gain is the relative log-loss gain of a shadow model trained up to a week ago
     # over the champion, both scored on the last week's labels.
     metric: Literal[
-        "psi", "log_loss", "log_loss_ratio", "chi2_pvalue", "categorical_psi", "unseen_category_rate", "retrain_gain"
+        "psi",
+        "js_distance",
+        "ks_pvalue",
+        "log_loss",
+        "log_loss_ratio",
+        "chi2_pvalue",
+        "categorical_psi",
+        "categorical_js_distance",
+        "unseen_category_rate",
+        "retrain_gain",
     ]
     features: list[str] = Field(default_factory=list)
     threshold: float

@@ -101,3 +101,152 @@ def test_categorical_drift_empty_window_not_computed():
     result = drift.categorical_drift({"a": 1}, pd.Series([], dtype="object"), 1e-4, 1)
     assert result.status == "empty_window"
     assert result.chi2_pvalue is None
+
+
+# ---------------------------------------------------------------------------------------
+# Kolmogorov-Smirnov test and Jensen-Shannon distance against a stored profile
+# ---------------------------------------------------------------------------------------
+
+
+def _ks_against_scipy(reference, current, ecdf_max_points=drift.ECDF_MAX_POINTS):
+    from scipy.stats import ks_2samp
+
+    profile = drift.reference_profile(pd.DataFrame({"x": reference}), ["x"], bins=10, ecdf_max_points=ecdf_max_points)
+    [result] = drift.numerical_drift(profile, pd.DataFrame({"x": current}), epsilon=1e-4, min_rows=1)
+    expected = ks_2samp(reference[~np.isnan(reference)], current[~np.isnan(current)], method="asymp")
+    return result, expected, profile
+
+
+@pytest.mark.parametrize(
+    "reference, current",
+    [
+        (np.arange(40, dtype="float64") % 7, (np.arange(55, dtype="float64") % 9)),
+        (np.random.default_rng(1).normal(size=3000), np.random.default_rng(2).normal(0.1, 1.2, size=2000)),
+        (np.random.default_rng(3).integers(0, 30, 5000).astype("float64"), np.random.default_rng(4).integers(5, 40, 700).astype("float64")),
+    ],
+    ids=["ties", "continuous", "shifted_support"],
+)
+def test_ks_matches_scipy_two_sample(reference, current):
+    """The stored CDF gives the same statistic and p-value as SciPy on the raw rows."""
+    result, expected, profile = _ks_against_scipy(reference, current)
+
+    assert profile["features"]["x"]["ecdf"]["exact"] is True
+    assert result.ks_status == "ok"
+    assert result.ks_statistic == pytest.approx(expected.statistic, abs=1e-12)
+    assert result.ks_pvalue == pytest.approx(expected.pvalue, abs=1e-12)
+
+
+def test_ks_ignores_missing_values():
+    reference = np.asarray([1.0, 2.0, np.nan, 3.0, 4.0, np.nan])
+    current = np.asarray([np.nan, 2.0, 3.0, 5.0, 6.0])
+    result, expected, _ = _ks_against_scipy(reference, current)
+    assert result.ks_statistic == pytest.approx(expected.statistic, abs=1e-12)
+    assert result.sample_size == 5
+
+
+def test_ks_identical_windows_no_drift():
+    values = np.random.default_rng(5).normal(size=500)
+    result, _, _ = _ks_against_scipy(values, values.copy())
+    assert result.ks_statistic == 0.0
+    assert result.ks_pvalue == 1.0
+
+
+def test_ks_tiny_pvalue_uses_limit_distribution():
+    """A p-value under KS_TINY_PVALUE stays within that of SciPy's finite-sample value."""
+    reference = np.random.default_rng(6).normal(size=8000)
+    current = np.random.default_rng(7).normal(0.5, size=8000)
+    result, expected, _ = _ks_against_scipy(reference, current)
+    assert result.ks_statistic == pytest.approx(expected.statistic, abs=1e-12)
+    assert result.ks_pvalue < drift.KS_TINY_PVALUE
+    assert abs(result.ks_pvalue - expected.pvalue) < drift.KS_TINY_PVALUE
+
+
+def test_ks_reduced_ecdf_within_bound():
+    """With more distinct values than stored points the statistic errs by about 1/points."""
+    reference = np.random.default_rng(8).normal(size=5000)
+    current = np.random.default_rng(9).normal(0.05, size=4000)
+    result, expected, profile = _ks_against_scipy(reference, current, ecdf_max_points=100)
+
+    ecdf = profile["features"]["x"]["ecdf"]
+    assert ecdf["exact"] is False
+    assert len(ecdf["values"]) <= 100
+    assert ecdf["observed"] == 5000
+    assert abs(result.ks_statistic - expected.statistic) <= 1 / 100 + 1e-12
+
+
+def test_ks_below_min_rows_is_insufficient():
+    """Observed values count toward min_rows for KS; PSI counts every row."""
+    profile = drift.reference_profile(pd.DataFrame({"x": np.arange(100, dtype="float64")}), ["x"], bins=4)
+    current = pd.DataFrame({"x": [1.0, 2.0] + [np.nan] * 8})
+
+    [result] = drift.numerical_drift(profile, current, epsilon=1e-4, min_rows=5)
+
+    assert result.status == "ok"
+    assert result.psi is not None
+    assert result.ks_status == "insufficient_data"
+    assert result.ks_statistic is None
+    assert result.ks_pvalue is None
+
+
+def test_ks_profile_without_ecdf_not_computed():
+    """Profiles logged before the CDF was stored still give PSI and JS."""
+    profile = _profile([2.5, 5.5, 8.5], list(range(1, 11)))
+    [result] = drift.numerical_drift(profile, pd.DataFrame({"x": list(range(1, 11))}), 1e-4, 1)
+    assert result.ks_status == "no_reference_ecdf"
+    assert result.ks_pvalue is None
+    assert result.psi == 0.0
+    assert result.js_distance == 0.0
+
+
+def test_js_distance_matches_scipy_over_psi_bins():
+    from scipy.spatial.distance import jensenshannon
+
+    profile = _profile([2.5, 5.5, 8.5], list(range(1, 11)))
+    current_values = [1, 2, 2, 3, 3, 4, 4, 5, 5, 5]
+    [result] = drift.numerical_drift(profile, pd.DataFrame({"x": current_values}), 1e-4, 1)
+
+    current_shares = drift._bin_shares(np.asarray(current_values, dtype="float64"), np.asarray([2.5, 5.5, 8.5]))
+    expected = jensenshannon(profile["features"]["x"]["shares"], current_shares)
+    assert result.js_distance == pytest.approx(expected, abs=1e-12)
+
+
+def test_js_distance_disjoint_is_maximal():
+    """Disjoint distributions reach sqrt(ln 2) without smoothing."""
+    assert drift.js_distance([1.0, 0.0], [0.0, 1.0]) == pytest.approx(np.sqrt(np.log(2)), abs=1e-12)
+    assert drift.js_distance([0.5, 0.5], [0.5, 0.5]) == 0.0
+
+
+def test_categorical_drift_js_distance():
+    from scipy.spatial.distance import jensenshannon
+
+    result = drift.categorical_drift({"card": 50, "cash": 50}, pd.Series(["card"] * 30 + ["cash"] * 30 + ["wallet"] * 40), 1e-4, 1)
+    # Categories in sorted order: card, cash, wallet.
+    assert result.js_distance == pytest.approx(jensenshannon([0.5, 0.5, 0.0], [0.3, 0.3, 0.4]), abs=1e-12)
+
+
+def test_categorical_counts_string_and_object_agree():
+    """The per-distinct-value path for strings counts like the row-wise path."""
+    raw = ["a", " a", None, "N/A", "", "b", np.nan, "b"]
+    as_string = drift._category_counts(pd.Series(raw, dtype="str"))
+    as_object = drift._category_counts(pd.Series(raw, dtype=object))
+    mixed = drift._category_counts(pd.Series([1, 1.0, "1", None], dtype=object))
+
+    assert as_string == {"__MISSING__": 4, "a": 2, "b": 2}
+    assert as_object == as_string
+    assert mixed == {"1": 2, "1.0": 1, "__MISSING__": 1}
+
+
+def test_counts_across_chunks_match_one_pass(monkeypatch):
+    """Counting in chunks gives the same PSI shares and KS as SciPy on the whole column."""
+    reference = np.random.default_rng(12).integers(0, 50, 3000).astype("float64")
+    current = np.random.default_rng(13).integers(3, 60, 2500).astype("float64")
+    current[::7] = np.nan
+    result_whole, expected, profile = _ks_against_scipy(reference, current)
+
+    monkeypatch.setattr(drift, "COUNT_CHUNK_ROWS", 64)
+    [result_chunked] = drift.numerical_drift(profile, pd.DataFrame({"x": current}), epsilon=1e-4, min_rows=1)
+
+    assert result_chunked.ks_statistic == pytest.approx(expected.statistic, abs=1e-12)
+    assert result_chunked.ks_pvalue == pytest.approx(expected.pvalue, abs=1e-12)
+    assert result_chunked.psi == result_whole.psi
+    assert result_chunked.js_distance == result_whole.js_distance

@@ -108,3 +108,25 @@ def test_online_path_equals_batch_on_real_rows():
     assert batch.shape == (len(score), len(feature_set.features))
     assert not np.isnan(batch).any()
     np.testing.assert_array_equal(online, batch)
+
+
+@pytest.mark.parametrize("dtype", ["str", "string", object])
+def test_frequency_string_dtypes_match_records_path(dtype):
+    """Every string dtype encodes like the one-record path, missing spellings and unseen categories included."""
+    train = pd.DataFrame({"x": [1.0] * 6, "c": pd.Series(["a", "a", "b", None, "N/A", " b"], dtype=dtype)})
+    processor = FeatureProcessor(numerical=["x"], categorical=["c"]).fit(train)
+    current = pd.DataFrame({"x": [1.0] * 6, "c": pd.Series(["a", "b ", "", None, "z", "b"], dtype=dtype)})
+
+    batch = processor.transform(current)
+    records = processor.transform_records(current.astype(object).where(current.notna(), None).to_dict("records"))
+
+    np.testing.assert_array_equal(batch, records)
+    assert batch[:, 1].tolist() == [2 / 6, 2 / 6, 2 / 6, 2 / 6, 0.0, 2 / 6]
+
+
+def test_frequency_mixed_object_values_stay_apart():
+    """1 and 1.0 hash alike but are the categories "1" and "1.0"."""
+    train = pd.DataFrame({"c": pd.Series([1, 1, 1.0, "x"], dtype=object)})
+    processor = FeatureProcessor(categorical=["c"]).fit(train)
+    encoded = processor.transform(pd.DataFrame({"c": pd.Series([1, 1.0, "x"], dtype=object)}))
+    assert encoded[:, 0].tolist() == [0.5, 0.25, 0.25]

@@ -839,3 +839,52 @@ def test_alias_moves_twice_under_load(champion: Champion, environment: dict[str,
     assert set(summary["versions"]) == {"1", "2", "3"}
     assert sum(summary["versions"].values()) == summary["requests"]
     assert "now serving loopline_load_test version 3 (was 2)" in server_output
+
+
+# ---------------------------------------------------------------------------------------
+# The array path for linear models
+# ---------------------------------------------------------------------------------------
+
+
+def test_linear_scorer_equals_sklearn_exactly(champion: Champion) -> None:
+    """The array path gives bit-for-bit the probabilities of scikit-learn's transform and predict_proba."""
+    from loopline.modeling import FEATURES_STEP, SCALE_STEP, positive_probability
+    from loopline.serving.app import LinearScorer
+
+    pipeline = champion.pipeline
+    linear = LinearScorer.from_pipeline(pipeline)
+    assert linear is not None
+    features = pipeline.named_steps[FEATURES_STEP].transform(champion.serve_rows[champion.config.feature_set.features])
+
+    scaled = linear.standardize(features)
+    expected_scaled = pipeline.named_steps[SCALE_STEP].transform(features)
+
+    np.testing.assert_array_equal(scaled, expected_scaled)
+    np.testing.assert_array_equal(linear.probability(scaled), positive_probability(pipeline, expected_scaled))
+
+
+def test_linear_scorer_none_for_other_models(champion: Champion) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from loopline.modeling import CLASSIFIER_STEP
+    from loopline.serving.app import LinearScorer
+
+    rows = _labelled_rows(TRAIN_DAYS[:2])
+    features = champion.config.feature_set.features
+    pipeline = build_pipeline(champion.config)
+    pipeline.steps[-1] = (CLASSIFIER_STEP, HistGradientBoostingClassifier(max_iter=5))
+    pipeline.fit(rows[features], rows["delayed"])
+
+    assert LinearScorer.from_pipeline(pipeline) is None
+
+
+def test_linear_scorer_non_finite_falls_back(champion: Champion) -> None:
+    """A non-finite feature goes through scikit-learn, which rejects it as before."""
+    from loopline.serving.app import LinearScorer, _score
+
+    linear = LinearScorer.from_pipeline(champion.pipeline)
+    record = _records(champion.serve_rows.head(1), champion.config.feature_set.features)[0]
+    record["distance"] = float("inf")
+
+    with pytest.raises(ValueError, match="infinity"):
+        _score(champion.pipeline, [record], linear)

@@ -1,7 +1,8 @@
 """Daily monitoring: drift and quality metrics, threshold rules, alerts and retrain requests.
 
-For one data interval the check computes the PSI of each numerical feature against the
-reference profile logged with the model version that scored the day. It also computes the
+For one data interval the check computes the PSI, Jensen-Shannon distance and KS p-value
+of each numerical feature against the reference profile logged with the model version
+that scored the day. It also computes the
 log loss and ROC AUC of the batch predictions of the trailing quality window, the days
 before the data day, using the labels that had arrived by the data day.
 Each rule of the config compares one metric with its threshold. A metric without a value
@@ -55,16 +56,21 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
 
     feature_set = config.feature_set
     features = store.read_partition(store.feature_dataset(feature_set.name, feature_set.version), day)
-    metric_rows = [
-        _metric_row("psi", result.feature, result.value, result.status, result.sample_size, version, monitoring.policy_version, reference)
-        for result in drift.feature_psi(profile, features, monitoring.psi_epsilon, monitoring.min_rows)
-    ]
+    metric_rows = []
+    for result in drift.numerical_drift(profile, features, monitoring.psi_epsilon, monitoring.min_rows):
+        for metric, value, status in (
+            ("psi", result.psi, result.status),
+            ("js_distance", result.js_distance, result.status),
+            ("ks_pvalue", result.ks_pvalue, result.ks_status if result.status == "ok" else result.status),
+        ):
+            metric_rows.append(_metric_row(metric, result.feature, value, status, result.sample_size, version, monitoring.policy_version, reference))
     new_categories = {}
     for name, counts in profile.get("categorical", {}).items():
         result = drift.categorical_drift(counts, features[name], monitoring.psi_epsilon, monitoring.min_rows, name)
         for metric, value in (
             ("chi2_pvalue", result.chi2_pvalue),
             ("categorical_psi", result.psi),
+            ("categorical_js_distance", result.js_distance),
             ("unseen_category_rate", result.unseen_rate),
         ):
             metric_rows.append(_metric_row(metric, name, value, result.status, result.sample_size, version, monitoring.policy_version, reference))

@@ -33,12 +33,16 @@ from typing import Any
 
 import mlflow
 import mlflow.sklearn
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.types import DataType
+from scipy.special import expit
+from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 from starlette.concurrency import run_in_threadpool
 
 from loopline import settings
@@ -114,6 +118,8 @@ class LoadedModel:
     pipeline: Pipeline
     inputs: tuple[InputColumn, ...]
     loaded_at: dt.datetime
+    # The scaler and a binary logistic classifier as arrays, or None for other models.
+    linear: LinearScorer | None = None
 
     def describe(self) -> dict[str, Any]:
         """Return the JSON description served by ``GET /model``."""
@@ -148,9 +154,13 @@ def load_model_version(name: str, version: str, alias: str = CHAMPION_ALIAS, run
     # but cannot predict, while the previous version still serves.
     test_record = {column.name: None for column in inputs}
     try:
-        _score(pipeline, [test_record])
+        expected, _, _ = _score(pipeline, [test_record])
     except Exception as error:
         raise ModelLoadError(f"{model_uri} failed to score a test record of nulls: {error}") from error
+    linear = LinearScorer.from_pipeline(pipeline)
+    if linear is not None and not np.array_equal(_score(pipeline, [test_record], linear)[0], expected):
+        logger.warning("%s: the array path scores the test record differently from scikit-learn, so it is not used", model_uri)
+        linear = None
 
     return LoadedModel(
         name=name,
@@ -161,6 +171,7 @@ def load_model_version(name: str, version: str, alias: str = CHAMPION_ALIAS, run
         pipeline=pipeline,
         inputs=inputs,
         loaded_at=dt.datetime.now(dt.timezone.utc),
+        linear=linear,
     )
 
 
@@ -201,15 +212,67 @@ def _check_pipeline(model_uri: str, pipeline: Any, inputs: Sequence[InputColumn]
         )
 
 
-def _score(pipeline: Pipeline, records: list[dict[str, Any]]) -> tuple[Any, float, float]:
+def _score(pipeline: Pipeline, records: list[dict[str, Any]], linear: LinearScorer | None = None) -> tuple[Any, float, float]:
     """Return P(delayed) per record and the feature and inference durations in seconds."""
     started = time.perf_counter()
     features = pipeline.named_steps[FEATURES_STEP].transform_records(records)
-    scaled = pipeline.named_steps[SCALE_STEP].transform(features)
-    computed = time.perf_counter()
-    probabilities = positive_probability(pipeline, scaled)
+    if linear is not None and np.isfinite(features).all():
+        scaled = linear.standardize(features)
+        computed = time.perf_counter()
+        probabilities = linear.probability(scaled)
+    else:
+        scaled = pipeline.named_steps[SCALE_STEP].transform(features)
+        computed = time.perf_counter()
+        probabilities = positive_probability(pipeline, scaled)
     inferred = time.perf_counter()
     return probabilities, computed - started, inferred - computed
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearScorer:
+    """A fitted ``StandardScaler`` and binary log-loss ``SGDClassifier`` as NumPy arrays.
+
+    ``standardize`` and ``probability`` repeat the arithmetic of scikit-learn 1.9's
+    ``StandardScaler.transform`` and ``SGDClassifier.predict_proba`` without their input
+    validation: the two scikit-learn calls took about 0.27 ms for one record, timed
+    in-process on a 2-core machine. ``load_model_version``
+    uses it only after it scored the test record exactly as scikit-learn did, and
+    ``_score`` falls back to scikit-learn for non-finite features so that they raise as
+    before.
+    """
+
+    mean: np.ndarray | None
+    scale: np.ndarray | None
+    coef: np.ndarray
+    intercept: np.ndarray
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Pipeline) -> LinearScorer | None:
+        scaler = pipeline.named_steps[SCALE_STEP]
+        classifier = pipeline.named_steps[CLASSIFIER_STEP]
+        if type(scaler) is not StandardScaler or type(classifier) is not SGDClassifier:
+            return None
+        if classifier.loss != "log_loss" or list(classifier.classes_) != [0, 1]:
+            return None
+        return cls(
+            mean=scaler.mean_ if scaler.with_mean else None,
+            scale=scaler.scale_ if scaler.with_std else None,
+            coef=classifier.coef_.T,
+            intercept=classifier.intercept_,
+        )
+
+    def standardize(self, features: np.ndarray) -> np.ndarray:
+        scaled = np.array(features, dtype="float64")
+        if self.mean is not None:
+            scaled -= self.mean
+        if self.scale is not None:
+            scaled /= self.scale
+        return scaled
+
+    def probability(self, scaled: np.ndarray) -> np.ndarray:
+        """Return P(class 1): the logistic function of the decision function."""
+        decision = (scaled @ self.coef + self.intercept).reshape(-1)
+        return expit(decision)
 
 
 # ---------------------------------------------------------------------------------------
@@ -465,7 +528,7 @@ class ModelServer:
         parsed_at = time.perf_counter()
 
         try:
-            probabilities, feature_seconds, inference_seconds = _score(model.pipeline, parsed.records)
+            probabilities, feature_seconds, inference_seconds = _score(model.pipeline, parsed.records, model.linear)
         except Exception:
             logger.exception(
                 "request %s failed inside %s version %s with %d records",
@@ -670,12 +733,16 @@ def create_app(
     return app
 
 
-def run(host: str = "127.0.0.1", port: int = 8000, poll_seconds: float = 10.0) -> None:
-    """Serve the app with uvicorn in one worker process until interrupted."""
+def run(host: str = "127.0.0.1", port: int = 8000, poll_seconds: float = 10.0, access_log: bool = True) -> None:
+    """Serve the app with uvicorn in one worker process until interrupted.
+
+    ``access_log=False`` turns off uvicorn's line per request only. Validation, stage
+    timings, the monitoring log and ``/metrics`` stay on.
+    """
     import uvicorn
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(poll_seconds=poll_seconds)
-    logger.info("starting model server on http://%s:%d", host, port)
-    uvicorn.run(app, host=host, port=port, workers=1, log_level="info")
+    logger.info("starting model server on http://%s:%d (access log %s)", host, port, "on" if access_log else "off")
+    uvicorn.run(app, host=host, port=port, workers=1, log_level="info", access_log=access_log)

@@ -8,6 +8,10 @@ can change the server (for example move the champion alias) while the load runs.
 
     python -m loopline.serving.load_generator --url http://127.0.0.1:8000 \\
         --records records.json --concurrency 8 --requests 5000
+
+``--payload-format mlflow`` wraps each record as ``{"dataframe_records": [record]}`` and
+posts it to ``/invocations``, the request shape of MLflow's scoring server
+(``mlflow models serve``), so the same generator loads both servers.
 """
 
 from __future__ import annotations
@@ -19,10 +23,18 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import numpy as np
+
+
+# Request path and body of one record, per payload format.
+PAYLOAD_FORMATS: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
+    "loopline": ("/predict", lambda record: record),
+    "mlflow": ("/invocations", lambda record: {"dataframe_records": [record]}),
+}
 
 
 class _Results:
@@ -45,16 +57,22 @@ def run_load(
     min_requests: int = 0,
     stop_file: pathlib.Path | None = None,
     timeout: float = 30.0,
+    payload_format: str = "loopline",
 ) -> dict[str, Any]:
     """Send single-record requests from ``concurrency`` threads and return the summary.
 
     With ``requests`` the run ends after that many; with ``stop_file`` it ends once the
-    file exists and at least ``min_requests`` were sent. Records are sent in turn.
+    file exists and at least ``min_requests`` were sent. Records are sent in turn, shaped
+    by ``payload_format`` (a key of ``PAYLOAD_FORMATS``).
     """
     if requests is None and stop_file is None:
         raise ValueError("requests and stop_file are both None; set one, otherwise the load never ends")
     if not records:
         raise ValueError("records is empty; pass at least one record to send")
+    if payload_format not in PAYLOAD_FORMATS:
+        raise ValueError(f"unknown payload_format {payload_format!r}; use one of {sorted(PAYLOAD_FORMATS)}")
+    path, wrap = PAYLOAD_FORMATS[payload_format]
+    bodies = [wrap(record) for record in records]
     results = _Results()
     started = threading.Event()
 
@@ -73,12 +91,13 @@ def run_load(
             while (index := next_index()) is not None:
                 sent_at = time.perf_counter()
                 try:
-                    response = client.post("/predict", json=records[index % len(records)])
+                    response = client.post(path, json=bodies[index % len(bodies)])
                 except httpx.TransportError as error:
                     with results.lock:
                         results.transport_errors[type(error).__name__] += 1
                     continue
                 elapsed = time.perf_counter() - sent_at
+                # MLflow's scoring server returns {"predictions": [...]} without a version.
                 version = response.json().get("model_version") if response.status_code == 200 else None
                 with results.lock:
                     results.statuses[str(response.status_code)] += 1
@@ -99,6 +118,7 @@ def run_load(
     answered = len(latencies_ms)
     summary: dict[str, Any] = {
         "url": url,
+        "payload_format": payload_format,
         "concurrency": concurrency,
         "requests": results.sent,
         "statuses": dict(results.statuses),
@@ -121,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=None, help="stop after this many requests")
     parser.add_argument("--stop-file", type=pathlib.Path, default=None, help="stop once this file exists")
     parser.add_argument("--min-requests", type=int, default=0, help="send at least this many before the stop file counts")
+    parser.add_argument(
+        "--payload-format",
+        choices=sorted(PAYLOAD_FORMATS),
+        default="loopline",
+        help="loopline: the record as a JSON object to /predict; mlflow: {\"dataframe_records\": [record]} "
+        "to /invocations (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     records = json.loads(args.records.read_text())
@@ -133,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         requests=args.requests,
         min_requests=args.min_requests,
         stop_file=args.stop_file,
+        payload_format=args.payload_format,
     )
     print(json.dumps({"event": "finished", **summary}), flush=True)
     return 0
