@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--end", type=_date, default=dt.date(2013, 12, 31), help="last scored day, included (default: %(default)s)")
     experiment.add_argument("--window-days", type=int, default=90, help="days of labelled history per training (default: %(default)s)")
     experiment.add_argument("--out", default="docs/experiment", help="output folder (default: %(default)s)")
+    experiment.add_argument(
+        "--policy", default=None, help="YAML file of monitoring settings and rules for the policy strategy (default: the config's)"
+    )
 
     report = commands.add_parser("report", help="write a report from the monitoring store")
     report.add_argument("kind", choices=["latency"], help="latency: the model server's time per request stage")
@@ -87,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
         command = "loopline " + " ".join(argv if argv is not None else sys.argv[1:])
         try:
-            summary = experiment.run(cached_config(), Path(args.out), args.start, args.end, args.window_days, command)
+            config = cached_config()
+            if args.policy:
+                config = experiment.with_policy(config, Path(args.policy))
+            summary = experiment.run(config, Path(args.out), args.start, args.end, args.window_days, command)
         except ValueError as error:
             print(f"experiment failed: {error}", file=sys.stderr)
             return 1

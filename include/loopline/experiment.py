@@ -8,8 +8,8 @@ The strategies:
 * ``static``: one model, trained before the start day and never replaced;
 * ``monthly``: retrained on the first day of each month;
 * ``weekly``: retrained every Monday;
-* ``policy``: retrained when Loopline's monitoring policy (the ``monitoring`` section of the
-  config) asks for it, evaluated each day on what was known that morning.
+* ``policy``: retrained when a rule of Loopline's monitoring policy (the ``monitoring``
+  section of the config) requests it, evaluated each day on what was known that morning.
 
 The models are the product's pipeline (feature state, scaling and the configured gradient
 boosting candidate). The policy's metrics come from the product's drift and metrics
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from loopline import candidates, metrics, sources
-from loopline.config import LooplineConfig
+from loopline.config import ConfigError, LooplineConfig, MonitoringConfig
 from loopline.monitoring import checks, drift
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,24 @@ class Replay:
         return trained_on - dt.timedelta(days=self.window_days), trained_on - dt.timedelta(days=1)
 
 
+def with_policy(config: LooplineConfig, path: Path) -> LooplineConfig:
+    """Return ``config`` with its monitoring settings updated from the YAML file at ``path``."""
+    import pydantic
+    import yaml
+
+    try:
+        overrides = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read policy file {path}: {error}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"policy file {path} must hold a mapping of monitoring settings, got {type(overrides).__name__}")
+    try:
+        monitoring = MonitoringConfig(**{**config.monitoring.model_dump(), **overrides})
+        return LooplineConfig(**{**config.model_dump(), "monitoring": monitoring.model_dump()})
+    except (pydantic.ValidationError, ConfigError) as error:
+        raise ValueError(f"invalid policy file {path}: {error}") from None
+
+
 def _boosting_candidate(config: LooplineConfig) -> candidates.Candidate:
     for candidate in candidates.candidates(config):
         if candidate.family == candidates.BOOSTING:
@@ -183,10 +201,12 @@ def scheduled(replay: Replay, name: str, start: dt.date, end: dt.date) -> Strate
 class PolicyRun:
     """Loopline's monitoring policy, evaluated each morning on what was known then.
 
-    The metrics are the ones the monitoring DAG stores: PSI of the numerical features
-    against the champion's reference profile, log loss of the trailing quality window,
-    its ratio to the champion's log loss on the days just after its training window, and
-    the retrain gain. Rules with action ``retrain`` request a retrain, at most once per
+    The metrics: PSI of the numerical features against the champion's reference profile,
+    log loss of the trailing quality window, and its ratio to a baseline. The baseline is
+    the champion's log loss on the first full window after its training days; the
+    monitoring DAG divides by the holdout log loss instead, which the replay's models,
+    fitted on the whole window, do not have. The retrain gain comes from a shadow model.
+    Rules with action ``retrain`` request a retrain, at most once per
     ``retrain_cooldown_days``.
     """
 
