@@ -261,18 +261,20 @@ launch() {
     echo "started $name (pid $pid, log $log)"
 }
 
-# Wait until URL returns a 2xx status, while SERVICE is still alive.
-wait_for_http() {
-    local name="$1" label="$2" url="$3" deadline=$((SECONDS + START_TIMEOUT))
-    echo "waiting for $label on $url ..."
-    while ! curl -fsS -o /dev/null --max-time 5 "$url" 2>/dev/null; do
+# Wait until CHECK (a command and its arguments) succeeds while SERVICE is still alive.
+# DESCRIPTION names what is awaited in the progress and error messages.
+wait_for_service() {
+    local name="$1" description="$2" deadline=$((SECONDS + START_TIMEOUT))
+    shift 2
+    echo "waiting for $description ..."
+    until "$@" >/dev/null 2>&1; do
         if ! service_pid "$name" >/dev/null; then
-            echo "error: $name exited before $url returned a 2xx status" >&2
+            echo "error: $name exited while waiting for $description" >&2
             print_log_tail "$name"
             return 1
         fi
         if ((SECONDS >= deadline)); then
-            echo "error: timed out after ${START_TIMEOUT}s waiting for $url" >&2
+            echo "error: timed out after ${START_TIMEOUT}s waiting for $description" >&2
             print_log_tail "$name"
             return 1
         fi
@@ -280,23 +282,14 @@ wait_for_http() {
     done
 }
 
-# Wait until the log of SERVICE, after its latest start header, contains PATTERN.
-wait_for_log_line() {
-    local name="$1" pattern="$2" log="$LOG_DIR/$1.log" deadline=$((SECONDS + START_TIMEOUT))
-    echo "waiting for $name to log '$pattern' ..."
-    until awk -v pattern="$pattern" '/^=== .*: starting: / { found = 0 } index($0, pattern) { found = 1 } END { exit !found }' "$log"; do
-        if ! service_pid "$name" >/dev/null; then
-            echo "error: $name exited during startup" >&2
-            print_log_tail "$name"
-            return 1
-        fi
-        if ((SECONDS >= deadline)); then
-            echo "error: timed out after ${START_TIMEOUT}s waiting for $name to log '$pattern'" >&2
-            print_log_tail "$name"
-            return 1
-        fi
-        sleep 1
-    done
+http_ok() {
+    curl -fsS -o /dev/null --max-time 5 "$1"
+}
+
+# Succeed when the log of SERVICE, after its latest start header, contains PATTERN.
+log_has_line() {
+    awk -v pattern="$2" '/^=== .*: starting: / { found = 0 } index($0, pattern) { found = 1 } END { exit !found }' \
+        "$LOG_DIR/$1.log"
 }
 
 # Print the status ("healthy", "unhealthy" or "null") of COMPONENT in the JSON body of
@@ -306,37 +299,32 @@ airflow_component_status() {
         python3 -c 'import json, sys; print((json.load(sys.stdin).get(sys.argv[1]) or {}).get("status"))' "$1" 2>/dev/null
 }
 
-# Wait until the API server reports a recent heartbeat of the scheduler, dag-processor
-# or triggerer. Airflow treats a heartbeat older than its health check threshold as
-# unhealthy.
-wait_for_airflow_component() {
-    local name="$1" component="$2" deadline=$((SECONDS + START_TIMEOUT))
-    echo "waiting for $name heartbeat in $AIRFLOW_URL/api/v2/monitor/health ..."
-    while [[ "$(airflow_component_status "$component")" != "healthy" ]]; do
-        if ! service_pid "$name" >/dev/null; then
-            echo "error: $name exited during startup" >&2
-            print_log_tail "$name"
-            return 1
-        fi
-        if ((SECONDS >= deadline)); then
-            echo "error: timed out after ${START_TIMEOUT}s waiting for a $component heartbeat" >&2
-            print_log_tail "$name"
-            return 1
-        fi
-        sleep 1
-    done
+# Succeed when the API server reports a recent heartbeat of COMPONENT (scheduler,
+# dag_processor or triggerer). Airflow treats a heartbeat older than its health check
+# threshold as unhealthy.
+airflow_component_healthy() {
+    [[ "$(airflow_component_status "$1")" == "healthy" ]]
 }
 
 wait_until_ready() {
     case "$1" in
-        mlflow) wait_for_http mlflow "MLflow tracking server" "$MLFLOW_URL/health" ;;
-        airflow-api-server) wait_for_http airflow-api-server "airflow api-server" "$AIRFLOW_URL/api/v2/monitor/health" ;;
-        airflow-scheduler) wait_for_airflow_component airflow-scheduler scheduler ;;
-        airflow-dag-processor) wait_for_airflow_component airflow-dag-processor dag_processor ;;
-        airflow-triggerer) wait_for_airflow_component airflow-triggerer triggerer ;;
+        mlflow) wait_for_service mlflow "the MLflow tracking server on $MLFLOW_URL/health" http_ok "$MLFLOW_URL/health" ;;
+        airflow-api-server)
+            wait_for_service airflow-api-server "the airflow api-server on $AIRFLOW_URL/api/v2/monitor/health" \
+                http_ok "$AIRFLOW_URL/api/v2/monitor/health"
+            ;;
+        airflow-scheduler | airflow-dag-processor | airflow-triggerer)
+            local component="${1#airflow-}"
+            component="${component//-/_}"
+            wait_for_service "$1" "a $component heartbeat in $AIRFLOW_URL/api/v2/monitor/health" \
+                airflow_component_healthy "$component"
+            ;;
         # Celery prints "celery@<host> ready." once the worker consumes its queues.
-        airflow-celery-worker) wait_for_log_line airflow-celery-worker " ready." ;;
-        model-server) wait_for_http model-server "model server" "$MODEL_SERVER_URL/health" ;;
+        airflow-celery-worker)
+            wait_for_service airflow-celery-worker "the Celery worker to log ' ready.'" \
+                log_has_line airflow-celery-worker " ready."
+            ;;
+        model-server) wait_for_service model-server "the model server on $MODEL_SERVER_URL/health" http_ok "$MODEL_SERVER_URL/health" ;;
     esac
 }
 
