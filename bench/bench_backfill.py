@@ -44,7 +44,7 @@ def run_days(days: list[dt.date]) -> list[float]:
     durations = []
     for day in days:
         started = time.perf_counter()
-        pipeline.extract_flights(day)
+        pipeline.extract_flights(day, config)
         pipeline.validate_flights(day, config)
         pipeline.build_features(day, config)
         pipeline.land_labels(day, config)
