@@ -14,7 +14,7 @@ loop, so the numbers are the product's work per day, not Airflow's overhead.
 
 The ratio is backfill wall time / (N x one day's run). The warm time per day inside a
 worker is reported too, so the part due to parallelism and the part due to paying the
-imports once per worker can be told apart.
+imports once per worker can be separated.
 """
 
 from __future__ import annotations

@@ -110,15 +110,15 @@ class SchemaConfig(_Strict):
 
     @model_validator(mode="after")
     def _keys_declared(self) -> SchemaConfig:
-        for key, name, wanted in (
+        for key, name, expected_type in (
             ("entity_key", self.entity_key, None),
             ("event_time", self.event_time, "timestamp"),
         ):
             column = self.columns.get(name)
             if column is None:
                 raise ValueError(f"{key} {name!r} is not a declared column; add it under schema.columns")
-            if wanted and column.type != wanted:
-                raise ValueError(f"{key} {name!r} has type {column.type!r}; declare it as type {wanted!r}")
+            if expected_type and column.type != expected_type:
+                raise ValueError(f"{key} {name!r} has type {column.type!r}; declare it as type {expected_type!r}")
             if column.nullable:
                 raise ValueError(f"{key} {name!r} is declared nullable; set nullable: false")
         try:

@@ -15,7 +15,8 @@ from loopline import metrics
 logger = logging.getLogger(__name__)
 
 
-def _pyplot():
+def pyplot():
+    """Return matplotlib.pyplot on the Agg backend, which needs no display."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +28,7 @@ def _pyplot():
 def roc_figure(labels, probability, title: str):
     from sklearn.metrics import roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(5, 5))
     false_positive, true_positive, _ = roc_curve(labels, probability)
     axes.plot(false_positive, true_positive, label=f"ROC AUC {metrics.roc_auc(labels, probability):.3f}")
@@ -40,7 +41,7 @@ def roc_figure(labels, probability, title: str):
 def precision_recall_figure(labels, probability, title: str):
     from sklearn.metrics import precision_recall_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(5, 5))
     precision, recall, _ = precision_recall_curve(labels, probability)
     axes.plot(recall, precision, label=f"PR AUC {metrics.pr_auc(labels, probability):.3f}")
@@ -51,7 +52,7 @@ def precision_recall_figure(labels, probability, title: str):
 
 
 def calibration_figure(labels, probability, title: str, bins: int = metrics.ECE_BINS):
-    plt = _pyplot()
+    plt = pyplot()
     _, mean_probability, observed_rate = metrics.calibration_bins(labels, probability, bins)
 
     figure, axes = plt.subplots(figsize=(5, 5))
@@ -66,7 +67,7 @@ def calibration_figure(labels, probability, title: str, bins: int = metrics.ECE_
 def confusion_figure(labels, probability, threshold: float, title: str):
     from sklearn.metrics import confusion_matrix
 
-    plt = _pyplot()
+    plt = pyplot()
     decisions = (np.asarray(probability) >= threshold).astype("int64")
     matrix = confusion_matrix(labels, decisions, labels=[0, 1])
     figure, axes = plt.subplots(figsize=(4.5, 4))
@@ -104,7 +105,7 @@ def permutation_importance(pipeline, x_validation, y_validation, seed: int) -> n
 
 
 def importance_figure(names: list[str], importance: np.ndarray, title: str):
-    plt = _pyplot()
+    plt = pyplot()
     order = np.argsort(importance)
     figure, axes = plt.subplots(figsize=(6, 0.3 * len(names) + 1.5))
     axes.barh(np.asarray(names)[order], importance[order])
@@ -117,7 +118,7 @@ def log_plots(labels, probability, threshold: float, names: list[str], importanc
     """Draw the evaluation plots of one window and log them to the active MLflow run."""
     import mlflow
 
-    plt = _pyplot()
+    plt = pyplot()
     figures = {
         "plots/roc.png": roc_figure(labels, probability, f"ROC, holdout {window}"),
         "plots/precision_recall.png": precision_recall_figure(labels, probability, f"Precision-recall, holdout {window}"),

@@ -203,9 +203,9 @@ class PolicyRun:
 
     The metrics: PSI of the numerical features against the champion's reference profile,
     log loss of the trailing quality window, and its ratio to a baseline. The baseline is
-    the champion's log loss on the first full window after its training days; the
-    monitoring DAG divides by the holdout log loss instead, which the replay's models,
-    fitted on the whole window, do not have. The retrain gain comes from a shadow model.
+    the champion's log loss on the first full window after its training days. The
+    monitoring DAG divides by the holdout log loss instead, which the replay's models do
+    not have, because they are fitted on the whole window. The retrain gain comes from a shadow model.
     Rules with action ``retrain`` request a retrain, at most once per
     ``retrain_cooldown_days``.
     """
@@ -370,10 +370,9 @@ def _write_daily_csv(results: list[StrategyResult], path: Path) -> None:
 
 
 def _plot(results: list[StrategyResult], path: Path) -> None:
-    import matplotlib
+    from loopline.evaluation import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(11, 5))
     for result in results:

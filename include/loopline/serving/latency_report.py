@@ -68,10 +68,9 @@ def write_report(engine, folder: Path) -> dict[str, Any]:
         raise ValueError("the monitoring store contains no successful model-server request yet; send POST /predict first")
     folder.mkdir(parents=True, exist_ok=True)
 
-    import matplotlib
+    from loopline.evaluation import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = [label for label in summary["stages"] if label != "total"]
     shares = [summary["stages"][label]["share"] for label in labels]
