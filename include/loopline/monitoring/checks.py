@@ -18,8 +18,8 @@ import logging
 import math
 from typing import Any
 
-from loopline import metrics, store, tracking, training
-from loopline.config import LooplineConfig, RuleConfig
+from loopline import metrics, registry, store, tracking, training
+from loopline.config import LooplineConfig, RuleConfig, policy_of, with_policy
 from loopline.monitoring import drift
 from loopline.monitoring import store as monitoring_store
 
@@ -51,6 +51,8 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
     version = batch["model_version"]
     client = tracking.configure()
     model_version = client.get_model_version(config.model_name, version)
+    config = policy_in_force(config, model_version)
+    monitoring = config.monitoring
     reference = f"{config.model_name}/{version}"
     profile = training.load_reference_profile(model_version.run_id)
 
@@ -133,6 +135,32 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
     }
 
 
+def policy_in_force(config: LooplineConfig, model_version) -> LooplineConfig:
+    """Return ``config`` under the monitoring policy stamped on ``model_version``.
+
+    The policy was stamped when the version was promoted. Applying it, rather than the
+    config's current policy, makes a rerun of a past day decide as that day did.
+    """
+    stamped = registry.stamped_policy(model_version)
+    current = policy_of(config)
+    if stamped is None:
+        logger.info(
+            "model version %s carries no stamped policy; applying the config's policy %s",
+            model_version.version,
+            current["policy_version"],
+        )
+        return config
+    if stamped == current:
+        return config
+    logger.info(
+        "applying policy %s, stamped on model version %s at its promotion (the config's policy is %s)",
+        stamped.get("policy_version"),
+        model_version.version,
+        current["policy_version"],
+    )
+    return with_policy(config, stamped, f"stamped on model version {model_version.version}")
+
+
 def _metric_row(metric, feature, value, status, sample_size, version, policy_version, reference=None) -> dict[str, Any]:
     return {
         "metric": metric,
@@ -152,6 +180,8 @@ def _evaluate_rules(config: LooplineConfig, metric_rows: list[dict[str, Any]], v
         covered = set(rule.features)
         for row in metric_rows:
             if row["metric"] != rule.metric or row["status"] != "ok":
+                continue
+            if row["sample_size"] < rule.min_sample_size:
                 continue
             if covered and row["feature"] not in covered:
                 continue
