@@ -33,7 +33,7 @@ import pandas as pd
 
 from loopline import candidates, metrics, sources
 from loopline.config import LooplineConfig
-from loopline.monitoring import checks, drift
+from loopline.monitoring import checks, drift, retrain_gain
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ DEFAULT_END = dt.date(2013, 12, 31)
 DEFAULT_WINDOW_DAYS = 90
 # The shadow model of the policy's retrain-gain estimate is compared with the champion on
 # this many most recent labelled days, which its own training window leaves out.
-GAIN_DAYS = 7
+GAIN_DAYS = retrain_gain.GAIN_DAYS
 # Days scored per prediction call: a shadow model needs only the week after its window,
 # a served model the weeks until the next retrain.
 PREDICTION_BATCH_DAYS = 14

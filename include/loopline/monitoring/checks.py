@@ -5,7 +5,10 @@ of each numerical feature against the reference profile logged with the model ve
 that scored the day. It also computes the
 log loss and ROC AUC of the batch predictions of the trailing quality window, the days
 before the data day, using the labels that had arrived by the data day.
-Each rule of the config compares one metric with its threshold. A metric without a value
+When a rule of the policy uses it, the retrain gain of a shadow model is computed too
+(see ``retrain_gain``). The policy is the one stamped on the scoring model at its
+promotion, so a rerun of a past day decides as that day did.
+Each rule of the policy compares one metric with its threshold. A metric without a value
 (too few rows, no labels yet, NaN) never fires a rule. A fired rule with action
 ``retrain`` requests a retrain unless another request was made within the cooldown,
 counted in data days so that a backfill decides the same way as the daily runs.
@@ -20,7 +23,7 @@ from typing import Any
 
 from loopline import metrics, registry, store, tracking, training
 from loopline.config import LooplineConfig, RuleConfig, policy_of, with_policy
-from loopline.monitoring import drift
+from loopline.monitoring import drift, retrain_gain
 from loopline.monitoring import store as monitoring_store
 
 logger = logging.getLogger(__name__)
@@ -106,6 +109,9 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
             _metric_row("log_loss", None, None, "insufficient_data", len(labelled), version, monitoring.policy_version, reference)
         )
 
+    if retrain_gain.wanted(config):
+        metric_rows.append(_retrain_gain_row(config, engine, day, model_version, client, reference))
+
     alert_rows = _evaluate_rules(config, metric_rows, version)
     monitoring_store.replace_monitoring_results(engine, day, metric_rows, alert_rows)
     for alert in alert_rows:
@@ -159,6 +165,20 @@ def policy_in_force(config: LooplineConfig, model_version) -> LooplineConfig:
         current["policy_version"],
     )
     return with_policy(config, stamped, f"stamped on model version {model_version.version}")
+
+
+def _retrain_gain_row(config: LooplineConfig, engine, day: dt.date, model_version, client, reference: str) -> dict[str, Any]:
+    version, policy_version = str(model_version.version), config.monitoring.policy_version
+    not_due = retrain_gain.due(config, engine, day)
+    if not_due:
+        logger.info("retrain gain not computed on %s: %s", day, not_due)
+        return _metric_row(retrain_gain.METRIC, None, None, "not_due", 0, version, policy_version, reference)
+    run_id = model_version.tags.get("loopline.run_id") or model_version.run_id
+    model_label = client.get_run(run_id).data.params.get("model", "")
+    gain = retrain_gain.compute(config, engine, day, version, model_label, registry.window_end_of(model_version))
+    if gain.status != "ok":
+        logger.info("retrain gain on %s: %s (%s)", day, gain.status, gain.detail)
+    return _metric_row(retrain_gain.METRIC, None, gain.value, gain.status, gain.sample_size, version, policy_version, reference)
 
 
 def _metric_row(metric, feature, value, status, sample_size, version, policy_version, reference=None) -> dict[str, Any]:
