@@ -4,7 +4,6 @@ rollback and promote move the alias with an audit trail, and training is reprodu
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import pytest
 
@@ -12,31 +11,14 @@ DAYS = [dt.date(2013, 1, 1) + dt.timedelta(days=offset) for offset in range(19)]
 
 
 @pytest.fixture(scope="module")
-def registry_env(tmp_path_factory):
+def registry_env(tmp_path_factory, state_home, land_days):
     """Feature and label partitions for 2013-01-01..19 and an empty MLflow store."""
-    home = tmp_path_factory.mktemp("registry")
-    saved = dict(os.environ)
-    os.environ["LOOPLINE_HOME"] = str(home)
+    with state_home(tmp_path_factory.mktemp("registry")):
+        from loopline.config import load_config
 
-    from loopline import pipeline, store
-    from loopline.config import cached_config, load_config
-    from loopline.monitoring import store as monitoring_store
-
-    cached_config.cache_clear()
-    monitoring_store.get_engine.cache_clear()
-    config = load_config()
-    for day in DAYS:
-        pipeline.extract_flights(day, config)
-        # Validation has its own tests; this fixture only needs clean partitions.
-        store.write_partition(store.read_partition(store.RAW_FLIGHTS, day), pipeline.CLEAN_FLIGHTS, day)
-        pipeline.build_features(day, config)
-        pipeline.land_labels(day, config)
-    pipeline.land_labels(DAYS[-1] + dt.timedelta(days=1), config)
-    yield config
-    os.environ.clear()
-    os.environ.update(saved)
-    cached_config.cache_clear()
-    monitoring_store.get_engine.cache_clear()
+        config = load_config()
+        land_days(config, DAYS)
+        yield config
 
 
 def _tiny(config):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import numpy as np
 import pytest
@@ -46,50 +45,36 @@ def test_due_every_n_days_and_never_in_cooldown(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def gain_env(tmp_path_factory):
+def gain_env(tmp_path_factory, state_home, land_days):
     """22 days of real partitions, labels and batch predictions of a champion trained to 2013-01-12."""
-    home = tmp_path_factory.mktemp("gain")
-    saved = dict(os.environ)
-    os.environ["LOOPLINE_HOME"] = str(home)
+    with state_home(tmp_path_factory.mktemp("gain")):
+        from loopline import registry, scoring, training
+        from loopline.config import load_config, with_policy
 
-    from loopline import pipeline, registry, scoring, store, training
-    from loopline.config import cached_config, load_config, with_policy
-
-    cached_config.cache_clear()
-    monitoring_store.get_engine.cache_clear()
-    base = load_config()
-    tiny = base.training.model_copy(
-        update={
-            "window_days": 8,
-            "min_days": 4,
-            "holdout_days": 1,
-            "validation_days": 1,
-            "candidates": {"hist_gradient_boosting": [{"learning_rate": 0.1, "max_iter": 40, "max_leaf_nodes": 15}]},
+        base = load_config()
+        tiny = base.training.model_copy(
+            update={
+                "window_days": 8,
+                "min_days": 4,
+                "holdout_days": 1,
+                "validation_days": 1,
+                "candidates": {"hist_gradient_boosting": [{"learning_rate": 0.1, "max_iter": 40, "max_leaf_nodes": 15}]},
+            }
+        )
+        policy = {
+            "policy_version": "test-gain",
+            "retrain_gain_every_days": 7,
+            "rules": [{"name": "retrain_pays", "metric": "retrain_gain", "threshold": -1.0, "action": "retrain"}],
         }
-    )
-    policy = {
-        "policy_version": "test-gain",
-        "retrain_gain_every_days": 7,
-        "rules": [{"name": "retrain_pays", "metric": "retrain_gain", "threshold": -1.0, "action": "retrain"}],
-    }
-    config = with_policy(base.model_copy(update={"training": tiny}), policy, "test")
-    for day in DAYS:
-        pipeline.extract_flights(day, config)
-        store.write_partition(store.read_partition(store.RAW_FLIGHTS, day), pipeline.CLEAN_FLIGHTS, day)
-        pipeline.build_features(day, config)
-        pipeline.land_labels(day, config)
-    pipeline.land_labels(DAYS[-1] + dt.timedelta(days=1), config)
+        config = with_policy(base.model_copy(update={"training": tiny}), policy, "test")
+        land_days(config, DAYS)
 
-    window = training.plan_window(config, end=CHAMPION_END)
-    trained = training.train(config, window, {"test": "retrain_gain"})
-    assert registry.register_and_gate(config, trained, "first", "manual")["promoted"] is True
-    for day in DAYS[DAYS.index(CHAMPION_END) :]:
-        scoring.score_day(config, day)
-    yield config
-    os.environ.clear()
-    os.environ.update(saved)
-    cached_config.cache_clear()
-    monitoring_store.get_engine.cache_clear()
+        window = training.plan_window(config, end=CHAMPION_END)
+        trained = training.train(config, window, {"test": "retrain_gain"})
+        assert registry.register_and_gate(config, trained, "first", "manual")["promoted"] is True
+        for day in DAYS[DAYS.index(CHAMPION_END) :]:
+            scoring.score_day(config, day)
+        yield config
 
 
 def test_gain_under_stamped_policy(gain_env):
