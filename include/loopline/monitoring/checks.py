@@ -60,43 +60,13 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
 
     feature_set = config.feature_set
     features = store.read_partition(store.feature_dataset(feature_set.name, feature_set.version), day)
-    metric_rows = []
-    for result in drift.numerical_drift(profile, features, monitoring.psi_epsilon, monitoring.min_rows, monitoring.ks_min_rows):
-        for metric, value, status in (
-            ("psi", result.psi, result.status),
-            ("js_distance", result.js_distance, result.status),
-            ("ks_pvalue", result.ks_pvalue, result.ks_status),
-        ):
-            metric_rows.append(_metric_row(metric, result.feature, value, status, result.sample_size, version, monitoring.policy_version, reference))
-    new_categories = {}
-    for name, counts in profile.get("categorical", {}).items():
-        result = drift.categorical_drift(counts, features[name], monitoring.psi_epsilon, monitoring.min_rows, name)
-        for metric, value in (
-            ("chi2_pvalue", result.chi2_pvalue),
-            ("categorical_psi", result.psi),
-            ("categorical_js_distance", result.js_distance),
-            ("unseen_category_rate", result.unseen_rate),
-        ):
-            metric_rows.append(_metric_row(metric, name, value, result.status, result.sample_size, version, monitoring.policy_version, reference))
-        if result.new_categories:
-            new_categories[name] = {category: round(share, 4) for category, share in list(result.new_categories.items())[:5]}
-    if new_categories:
-        logger.warning("categories unseen in training on %s (share of the day's rows): %s", day, new_categories)
-
     holdout_log_loss = client.get_run(model_version.run_id).data.metrics.get("holdout_log_loss")
-    day_values = [
-        *_prediction_drift_values(profile, monitoring_store.batch_predictions(engine, day), monitoring),
-        *missing_values.missing_rate_values(
-            profile, features, list(feature_set.numerical), list(feature_set.categorical), monitoring.min_rows
-        ),
-        *quality.window_quality(engine, day, monitoring.quality_window_days, monitoring.min_rows, holdout_log_loss),
-        *serving_health.serving_metrics(engine, day),
+    values, new_categories = compute_metrics(config, engine, day, profile, features, holdout_log_loss)
+    metric_rows = [
+        _metric_row(item.metric, item.feature, item.value, item.status, item.sample_size, version, monitoring.policy_version, reference)
+        for item in values
     ]
-    for item in day_values:
-        metric_rows.append(
-            _metric_row(item.metric, item.feature, item.value, item.status, item.sample_size, version, monitoring.policy_version, reference)
-        )
-    labelled_rows = next(item.sample_size for item in day_values if item.metric == "log_loss")
+    labelled_rows = next(item.sample_size for item in values if item.metric == "log_loss")
 
     alert_rows = _evaluate_rules(config, metric_rows, version)
     monitoring_store.replace_monitoring_results(engine, day, metric_rows, alert_rows)
@@ -125,6 +95,47 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
         "alerts": [f"{row['rule']}:{row['metric']}:{row['feature'] or '-'}" for row in alert_rows][:20],
         "retrain": retrain,
     }
+
+
+def compute_metrics(
+    config: LooplineConfig, engine, day: dt.date, profile: dict, features, holdout_log_loss: float | None
+) -> tuple[list[MetricValue], dict[str, dict[str, float]]]:
+    """Return every metric of ``day`` against ``profile``, and the categories unseen in
+    training by feature (their share of the day's rows, at most five per feature).
+
+    Reads the monitoring store but not MLflow: ``run_checks`` passes the reference profile
+    and the holdout log loss of the model version that scored the day.
+    """
+    monitoring, feature_set = config.monitoring, config.feature_set
+    values = []
+    for result in drift.numerical_drift(profile, features, monitoring.psi_epsilon, monitoring.min_rows, monitoring.ks_min_rows):
+        values += [
+            MetricValue("psi", result.feature, result.psi, result.status, result.sample_size),
+            MetricValue("js_distance", result.feature, result.js_distance, result.status, result.sample_size),
+            MetricValue("ks_pvalue", result.feature, result.ks_pvalue, result.ks_status, result.sample_size),
+        ]
+    new_categories = {}
+    for name, counts in profile.get("categorical", {}).items():
+        result = drift.categorical_drift(counts, features[name], monitoring.psi_epsilon, monitoring.min_rows, name)
+        for metric, value in (
+            ("chi2_pvalue", result.chi2_pvalue),
+            ("categorical_psi", result.psi),
+            ("categorical_js_distance", result.js_distance),
+            ("unseen_category_rate", result.unseen_rate),
+        ):
+            values.append(MetricValue(metric, name, value, result.status, result.sample_size))
+        if result.new_categories:
+            new_categories[name] = {category: round(share, 4) for category, share in list(result.new_categories.items())[:5]}
+    if new_categories:
+        logger.warning("categories unseen in training on %s (share of the day's rows): %s", day, new_categories)
+
+    values += _prediction_drift_values(profile, monitoring_store.batch_predictions(engine, day), monitoring)
+    values += missing_values.missing_rate_values(
+        profile, features, list(feature_set.numerical), list(feature_set.categorical), monitoring.min_rows
+    )
+    values += quality.window_quality(engine, day, monitoring.quality_window_days, monitoring.min_rows, holdout_log_loss)
+    values += serving_health.serving_metrics(engine, day)
+    return values, new_categories
 
 
 def _prediction_drift_values(profile: dict, predictions: list[dict[str, Any]], monitoring) -> list[MetricValue]:
