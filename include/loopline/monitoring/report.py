@@ -197,11 +197,13 @@ def write_report(config: LooplineConfig, engine, day: dt.date, path: Path | None
     return {"path": str(path), "days": days, "alerts": today_alerts, "bytes": path.stat().st_size}
 
 
-def log_report(path: Path, day: dt.date, tags: dict[str, str], metrics: pd.DataFrame | None = None) -> str:
+def log_report(path: Path, day: dt.date, tags: dict[str, str], engine=None) -> str:
     """Log the report to the monitoring experiment as the day's run; return the run id.
 
-    The day's earlier runs are deleted after the new run has finished (see the module
-    docstring), so the experiment keeps one active run per data day.
+    With ``engine``, the day's metric values are logged as run metrics too, named
+    ``metric`` or ``metric.feature``. The day's earlier runs are deleted after the new run
+    has finished (see the module docstring), so the experiment keeps one active run per
+    data day.
     """
     import mlflow
 
@@ -211,8 +213,10 @@ def log_report(path: Path, day: dt.date, tags: dict[str, str], metrics: pd.DataF
     run_tags = {**tags, DAY_TAG: day.isoformat()}
     with tracking.task_run(MONITORING_EXPERIMENT, f"monitoring {day.isoformat()}", run_tags) as run:
         mlflow.log_artifact(str(path), artifact_path="report")
-        if metrics is not None and len(metrics):
-            mlflow.log_metrics(_day_metrics(metrics, day))
+        if engine is not None:
+            day_metrics = _day_metrics(engine, day)
+            if day_metrics:
+                mlflow.log_metrics(day_metrics)
         run_id = run.info.run_id
 
     experiment_key = tracking.experiment_id(MONITORING_EXPERIMENT)
@@ -221,16 +225,19 @@ def log_report(path: Path, day: dt.date, tags: dict[str, str], metrics: pd.DataF
         if old.info.run_id != run_id:
             client.delete_run(old.info.run_id)
             logger.info("deleted MLflow run %s: run %s replaces the report of %s", old.info.run_id, run_id, day)
+    logger.info("logged the monitoring report of %s to MLflow run %s (experiment %s)", day, run_id, MONITORING_EXPERIMENT)
     return run_id
 
 
-def _day_metrics(metrics: pd.DataFrame, day: dt.date) -> dict[str, float]:
+def _day_metrics(engine, day: dt.date) -> dict[str, float]:
     """Return the day's metrics with a value, keyed ``metric`` or ``metric.feature``."""
-    rows = metrics[(metrics["partition_date"] == day.isoformat()) & metrics["value"].notna()]
-    return {
-        (row.metric if row.feature is None or pd.isna(row.feature) else f"{row.metric}.{row.feature}"): float(row.value)
-        for row in rows.itertuples()
-    }
+    table = store.metric_values
+    query = sa.select(table.c.metric, table.c.feature, table.c.value).where(
+        table.c.partition_date == day.isoformat(), table.c.value.is_not(None)
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    return {(metric if feature is None else f"{metric}.{feature}"): float(value) for metric, feature, value in rows}
 
 
 # ---------------------------------------------------------------------------------------

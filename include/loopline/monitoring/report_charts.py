@@ -136,8 +136,7 @@ def psi_heatmap(series: Series, psi_max: float) -> tuple[str, str] | None:
         matrix[index] = series.values(metric, feature).reindex(series.days).to_numpy()
 
     plt = _pyplot()
-    colormap = plt.get_cmap("Reds").copy()
-    colormap.set_bad("#e4e7eb")
+    colormap = plt.get_cmap("Reds").with_extremes(bad="#e4e7eb")
     width = min(14.0, 4.0 + 0.35 * len(series.days))
     figure, axes = plt.subplots(figsize=(width, 0.3 * len(rows) + 1.6))
     image = axes.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap=colormap, vmin=0.0, vmax=psi_max, interpolation="nearest")
