@@ -87,7 +87,11 @@ class History:
         rows = []
         for index in range(count):
             stages = rng.gamma(2.0, (0.08, 0.05, 0.30, 0.02))
-            status = 500 if index == 0 else 422 if index % 10 == 1 else 200
+            status = 200
+            if index == 0:
+                status = 500
+            elif index % 10 == 1:
+                status = 422
             rows.append(
                 {
                     "request_id": f"{day}-{index}",

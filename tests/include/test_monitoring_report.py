@@ -62,7 +62,7 @@ def _images(page: str) -> list[bytes]:
 
 
 def test_report_sections_charts_and_tables(history, tmp_path):
-    """The report of the last day holds every chart as a PNG, the day's drift table and every alert."""
+    """The report of the last day contains every chart as a PNG, the day's drift table and every alert."""
     result = history["last"]
     page = Path(result["path"]).read_text(encoding="utf-8")
 
@@ -134,7 +134,7 @@ def test_report_shows_incidents_table_when_present(history, tmp_path):
 
 
 def test_report_empty_store_still_renders(tmp_path):
-    """A day with nothing stored gives a page that says so, without charts."""
+    """A day with nothing stored gives a page without charts that states it."""
     engine = store.get_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     result = report.write_report(load_config(), engine, LAST_DAY, tmp_path / "report.html")
     page = Path(result["path"]).read_text(encoding="utf-8")
@@ -221,4 +221,5 @@ def test_report_renders_in_headless_chromium(history, tmp_path):
     # A blank or unstyled page has a handful of colours; charts and tables have hundreds.
     assert colours.size > 200
     # The page header is dark blue text on white below it: both ends of the range occur.
-    assert pixels.min() < 60 and pixels.max() > 240
+    assert pixels.min() < 60
+    assert pixels.max() > 240

@@ -1,10 +1,10 @@
 """The monitoring report: one self-contained HTML page per data day.
 
-The page shows what the monitoring store holds for every data day up to and including
-the report's day: drift per feature over time (a PSI heat map and one PSI chart per
-feature), prediction drift, quality, label share and serving health over time, the
-model server's latency pie, the day's drift table, and the alerts, retrain requests and
-incidents (where an ``incidents`` table exists). It reads nothing dated after the day, so
+The page shows what the monitoring store contains for every data day up to and including
+the report's day. Over time it charts drift per feature (a PSI heat map and one PSI chart
+per feature), prediction drift, quality, label share and serving health. It also shows
+the model server's latency pie, the day's drift table, and the alerts, retrain requests
+and incidents (where an ``incidents`` table exists). It reads nothing dated after the day, so
 a backfill of a past day writes the same bytes as the daily run did, as long as the
 store's rows for those days are the same.
 

@@ -10,8 +10,8 @@ module computes:
   interpolation, as ``numpy.percentile``) of the total time of successful requests
   (status below 400), in milliseconds. A rejected request stops early, so its time would
   pull the percentiles down;
-* ``error_rate_5xx`` and ``error_rate_4xx``: the share of all the day's requests answered
-  with a 5xx or a 4xx status.
+* ``error_rate_5xx`` and ``error_rate_4xx``: the share of all the day's requests whose
+  response status is 5xx or 4xx.
 
 A day without requests stores every metric with the status "insufficient_data" and no
 value; a day whose requests all failed does so for the latency percentiles only.
