@@ -87,6 +87,28 @@ def test_gate_promotes_better_rejects_worse(registry_env):
     assert tags["gate.holdout_days_seen_by_champion"] == "0"
 
 
+def test_promotion_stamps_policy_and_monitoring_applies_it(registry_env, repo_root):
+    """A rerun of a past day applies the policy stamped on its model, not today's config."""
+    from loopline import registry, tracking
+    from loopline.config import apply_policy_file, policy_of
+    from loopline.monitoring import checks
+
+    config = registry_env
+    client = tracking.configure()
+    promoted = client.get_model_version(config.model_name, "2")
+    rejected = client.get_model_version(config.model_name, "3")
+    assert promoted.tags["loopline.policy_version"] == config.monitoring.policy_version
+    assert registry.stamped_policy(promoted) == policy_of(config)
+    assert registry.stamped_policy(rejected) is None
+
+    changed = apply_policy_file(config, repo_root / "include/config/policies/retrain_gain.yaml")
+    in_force = checks.policy_in_force(changed, promoted)
+    assert in_force.monitoring.policy_version == config.monitoring.policy_version
+    assert [rule.name for rule in in_force.monitoring.rules] == [rule.name for rule in config.monitoring.rules]
+    # A version that was never promoted carries no policy, so the config's applies.
+    assert checks.policy_in_force(changed, rejected).monitoring.policy_version == "2026-12-05.retrain-gain"
+
+
 def test_champion_as_of_never_scores_training_days(registry_env):
     """A backfilled day gets the newest champion whose training window ended by that day."""
     from loopline import registry, tracking

@@ -300,12 +300,26 @@ def replace_monitoring_results(
             )
 
 
-def latest_retrain_request(engine: Engine) -> dict[str, Any] | None:
-    """Return the retrain request with the latest data date, or None."""
+def latest_retrain_request(engine: Engine, before: dt.date | None = None) -> dict[str, Any] | None:
+    """Return the retrain request with the latest data date (before ``before`` if given), or None."""
     query = sa.select(retrain_requests).order_by(retrain_requests.c.partition_date.desc()).limit(1)
+    if before is not None:
+        query = query.where(retrain_requests.c.partition_date < before.isoformat())
     with engine.connect() as connection:
         row = connection.execute(query).mappings().first()
     return dict(row) if row else None
+
+
+def latest_metric_day(engine: Engine, metric: str, before: dt.date) -> dt.date | None:
+    """Return the latest data day before ``before`` with a computed value of ``metric``."""
+    query = sa.select(sa.func.max(metric_values.c.partition_date)).where(
+        metric_values.c.metric == metric,
+        metric_values.c.status == "ok",
+        metric_values.c.partition_date < before.isoformat(),
+    )
+    with engine.connect() as connection:
+        latest = connection.execute(query).scalar_one()
+    return dt.date.fromisoformat(latest) if latest else None
 
 
 def record_retrain_request(
