@@ -3,7 +3,7 @@
 Reference card:
 
 * applies to every feature of the reference profile, numerical and categorical;
-* a numerical value is missing when it is null or does not parse as a number; a
+* a numerical value is missing when it is null or does not parse as a number. A
   categorical value is missing when it is null or one of the missing spellings
   (``features.MISSING_SPELLINGS``), which fold into ``__MISSING__``;
 * ``missing_rate`` is the current window's share of missing values; ``missing_rate_change``
