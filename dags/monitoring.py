@@ -14,6 +14,10 @@ Daily, one run per data interval; the feedback edge of the loop.
    was requested within the cooldown; it records the request.
 4. **trigger_training** starts `loopline_training` with the reason and the window in its
    conf. The run id is fixed per data day, so a retry never starts a second run.
+5. **report** writes the day's HTML monitoring report (drift, quality and serving health
+   over every day up to this one, the latency pie, alerts and retrain requests) and logs
+   it to the `loopline-monitoring` MLflow experiment as the day's run. It runs after the
+   retrain trigger, or after check_day when no retrain is due, so the day's request is in it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import datetime as dt
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
-from loopline_airflow import DEFAULT_ARGS, PREDICTIONS_ASSET, ScoringBatchSensor, config, interval_day
+from loopline_airflow import DEFAULT_ARGS, PREDICTIONS_ASSET, ScoringBatchSensor, config, interval_day, run_tags
 
 
 @dag(
@@ -46,7 +50,9 @@ def loopline_monitoring():
 
         return checks.run_checks(config(), interval_day(context))
 
-    @task.short_circuit
+    # With ignore_downstream_trigger_rules=False a "no retrain" result skips only
+    # trigger_training; report still runs by its own trigger rule.
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
     def request_retrain(summary: dict, **context) -> dict | None:
         from loopline.monitoring import checks, store
 
@@ -68,9 +74,22 @@ def loopline_monitoring():
         skip_when_already_exists=True,
     )
 
+    @task(trigger_rule="none_failed")
+    def report(**context) -> dict:
+        from pathlib import Path
+
+        from loopline.monitoring import report, store
+
+        day = interval_day(context)
+        engine = store.get_engine()
+        written = report.write_report(config(), engine, day)
+        run_id = report.log_report(Path(written["path"]), day, run_tags(context), engine=engine)
+        return {"path": written["path"], "mlflow_run_id": run_id, "alerts": written["alerts"]}
+
     summary = check_day()
     wait_for_scoring >> summary
     request_retrain(summary) >> trigger_training
+    [summary, trigger_training] >> report()
 
 
 loopline_monitoring()

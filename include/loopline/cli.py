@@ -64,14 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     report = commands.add_parser("report", help="write a report from the monitoring store")
-    report.add_argument("kind", choices=["latency"], help="latency: the model server's time per request stage")
-    report.add_argument("--out", default=None, help="output folder (default: <LOOPLINE_HOME>/reports/latency)")
+    report.add_argument(
+        "kind",
+        choices=["latency", "monitoring"],
+        help="latency: the model server's time per request stage; monitoring: the HTML monitoring report of one data day",
+    )
+    report.add_argument("--day", type=_date, default=None, help="data day of the monitoring report, YYYY-MM-DD (required for monitoring)")
+    report.add_argument(
+        "--out",
+        default=None,
+        help="latency: output folder (default: <LOOPLINE_HOME>/reports/latency); "
+        "monitoring: output HTML file (default: <LOOPLINE_HOME>/reports/monitoring/monitoring_<day>.html)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
 
     if args.command == "serve":
         from loopline.serving.app import run
@@ -100,9 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         print((Path(args.out) / "experiment.md").read_text())
         return 0 if summary else 1
 
+    if args.command == "report" and args.kind == "monitoring":
+        return _monitoring_report(parser, args)
+
     if args.command == "report":
         from pathlib import Path
 
+        if args.day is not None:
+            parser.error("--day applies to the monitoring report only; the latency report covers every logged request")
         from loopline import settings
         from loopline.monitoring import store
         from loopline.serving import latency_report
@@ -130,6 +146,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1
     demo.print_summary(summary)
+    return 0
+
+
+def _monitoring_report(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Write the HTML monitoring report of one data day; it needs the store, not MLflow."""
+    from pathlib import Path
+
+    from loopline.config import cached_config
+    from loopline.monitoring import report, store
+
+    if args.day is None:
+        parser.error("report monitoring needs --day YYYY-MM-DD, the data day to report on, e.g. --day 2013-01-28")
+    result = report.write_report(cached_config(), store.get_engine(), args.day, Path(args.out) if args.out else None)
+    if result["days"] == 0:
+        print(
+            f"note: the monitoring store has no metrics up to {args.day}; run the monitoring DAG for that day first",
+            file=sys.stderr,
+        )
+    print(f"monitoring report of {args.day}: {result['path']} ({result['days']} data days, {result['alerts']} alerts that day)")
     return 0
 
 

@@ -300,6 +300,19 @@ class RuleConfig(_Strict):
         "categorical_js_distance",
         "unseen_category_rate",
         "retrain_gain",
+        "prediction_psi",
+        "prediction_js_distance",
+        "prediction_ks_pvalue",
+        "missing_rate",
+        "missing_rate_change",
+        "label_share",
+        "expected_calibration_error",
+        "roc_auc",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "latency_p99_ms",
+        "error_rate_5xx",
+        "error_rate_4xx",
     ]
     features: list[str] = Field(default_factory=list)
     threshold: float
@@ -316,6 +329,8 @@ class MonitoringConfig(_Strict):
     policy: str | None = None
     policy_version: str
     min_rows: int = Field(default=200, ge=1)
+    # Observed current values the KS test needs; None means min_rows.
+    ks_min_rows: int | None = Field(default=None, ge=1)
     psi_bins: int = Field(default=10, ge=2)
     psi_epsilon: float = Field(default=1e-4, gt=0)
     quality_window_days: int = Field(default=7, ge=1)

@@ -317,6 +317,9 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
         profile = drift.reference_profile(
             train_frame, list(feature_set.numerical), config.monitoring.psi_bins, list(feature_set.categorical)
         )
+        # Prediction drift compares each day's probabilities with the model's own on the
+        # holdout days, which it never saw in fitting, selection or calibration.
+        profile["predictions"] = drift.prediction_reference(holdout_probability, config.monitoring.psi_bins)
         mlflow.log_dict(profile, REFERENCE_PROFILE_ARTIFACT)
         fitted = pipeline.named_steps[modeling.FEATURES_STEP]
         mlflow.log_dict(

@@ -102,3 +102,28 @@ def test_training_data_error_fails_without_retry(dagbag, monkeypatch):
     with pytest.raises(AirflowFailException, match="no model trained: training set of window .* single class"):
         dag.get_task("train").python_callable({"window": window.to_dict(), "reason": "manual"}, **context)
     assert dag.get_task("register_and_gate").upstream_task_ids >= {"train"}
+
+
+def test_monitoring_reports_without_retrain(dagbag, airflow_db, monkeypatch):
+    """A day that needs no retrain skips trigger_training but still writes its report."""
+    from airflow.utils.state import TaskInstanceState
+
+    from loopline import settings
+    from loopline.monitoring import checks
+
+    day = dt.date(2013, 3, 5)
+
+    def no_retrain(config, checked_day):
+        return {"date": checked_day.isoformat(), "status": "checked", "alerts": [], "retrain": None}
+
+    # The check itself needs a registered model; its metrics are tested in tests/include.
+    monkeypatch.setattr(checks, "run_checks", no_retrain)
+    run = dagbag.dags["loopline_monitoring"].test(
+        logical_date=dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc), mark_success_pattern="wait_for_scoring"
+    )
+
+    states = {instance.task_id: instance.state for instance in run.get_task_instances()}
+    assert states["request_retrain"] == TaskInstanceState.SUCCESS
+    assert states["trigger_training"] == TaskInstanceState.SKIPPED
+    assert states["report"] == TaskInstanceState.SUCCESS
+    assert (settings.home() / "reports" / "monitoring" / f"monitoring_{day}.html").is_file()

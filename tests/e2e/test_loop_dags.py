@@ -181,6 +181,35 @@ def test_loop_through_airflow(loop_env, dagbag):
     assert all(0 <= value <= 1 for _, value in categorical)
     assert ratio.status == "ok"
     assert 0.5 < ratio.value < 2.0
+    with engine.connect() as connection:
+        day_metrics = {
+            (row.metric, row.feature): row
+            for row in connection.execute(
+                sa.select(monitoring_store.metric_values).where(
+                    monitoring_store.metric_values.c.partition_date == scored_day.isoformat()
+                )
+            )
+        }
+    # The training run stored reference predictions, so prediction drift has values.
+    assert day_metrics[("prediction_psi", None)].status == "ok"
+    assert 0 <= day_metrics[("prediction_ks_pvalue", None)].value <= 1
+    assert day_metrics[("expected_calibration_error", None)].status == "ok"
+    assert 0 < day_metrics[("expected_calibration_error", None)].value < 0.5
+    assert 0 < day_metrics[("label_share", None)].value <= 1
+    assert {day_metrics[("missing_rate", name)].status for name in config.feature_set.features} == {"ok"}
+    # No model-server request was logged on a 2013 day.
+    assert day_metrics[("latency_p95_ms", None)].status == "insufficient_data"
+    assert day_metrics[("error_rate_5xx", None)].value is None
+
+    # The report task wrote the day's HTML page and logged it as the day's monitoring run.
+    report_path = loop_env / "reports" / "monitoring" / f"monitoring_{scored_day.isoformat()}.html"
+    assert report_path.read_text(encoding="utf-8").count('src="data:image/png;base64,') >= 4
+    monitoring_experiment = client.get_experiment_by_name("loopline-monitoring")
+    [report_run] = client.search_runs(
+        [monitoring_experiment.experiment_id], filter_string=f"tags.`loopline.data_day` = '{scored_day.isoformat()}'"
+    )
+    assert report_run.data.tags["airflow.task_id"] == "report"
+    assert [item.path for item in client.list_artifacts(report_run.info.run_id, "report")] == [f"report/{report_path.name}"]
     counts = monitoring_store.table_counts(engine)
     assert counts["metric_values"] > len(config.feature_set.numerical)
     assert counts["alerts"] >= 1

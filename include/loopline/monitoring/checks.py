@@ -1,10 +1,13 @@
 """Daily monitoring: drift and quality metrics, threshold rules, alerts and retrain requests.
 
-For one data interval the check computes the PSI, Jensen-Shannon distance and KS p-value
-of each numerical feature against the reference profile logged with the model version
-that scored the day. It also computes the
-log loss and ROC AUC of the batch predictions of the trailing quality window, the days
-before the data day, using the labels that had arrived by the data day.
+For one data interval the check computes, against the reference profile logged with the
+model version that scored the day, the PSI, Jensen-Shannon distance and KS p-value of each
+numerical feature, the chi-squared p-value, PSI, JS distance and unseen share of each
+categorical feature, each feature's missing rate, and the drift of the day's predicted
+probabilities. It computes the label share and quality (``quality``) of the batch
+predictions of the trailing quality window, the days before the data day, using the labels
+that had arrived by the data day, and the model server's latency and error rates of the
+day (``serving_health``).
 When a rule of the policy uses it, the retrain gain of a shadow model is computed too
 (see ``retrain_gain``). The policy is the one stamped on the scoring model at its
 promotion, so a rerun of a past day decides as that day did.
@@ -21,10 +24,11 @@ import logging
 import math
 from typing import Any
 
-from loopline import metrics, registry, store, tracking, training
+from loopline import registry, store, tracking, training
 from loopline.config import LooplineConfig, RuleConfig, policy_of, with_policy
-from loopline.monitoring import drift, retrain_gain
+from loopline.monitoring import drift, missing_values, quality, retrain_gain, serving_health
 from loopline.monitoring import store as monitoring_store
+from loopline.monitoring.values import MetricValue
 
 logger = logging.getLogger(__name__)
 
@@ -61,53 +65,13 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
 
     feature_set = config.feature_set
     features = store.read_partition(store.feature_dataset(feature_set.name, feature_set.version), day)
-    metric_rows = []
-    for result in drift.numerical_drift(profile, features, monitoring.psi_epsilon, monitoring.min_rows):
-        for metric, value, status in (
-            ("psi", result.psi, result.status),
-            ("js_distance", result.js_distance, result.status),
-            ("ks_pvalue", result.ks_pvalue, result.ks_status if result.status == "ok" else result.status),
-        ):
-            metric_rows.append(_metric_row(metric, result.feature, value, status, result.sample_size, version, monitoring.policy_version, reference))
-    new_categories = {}
-    for name, counts in profile.get("categorical", {}).items():
-        result = drift.categorical_drift(counts, features[name], monitoring.psi_epsilon, monitoring.min_rows, name)
-        for metric, value in (
-            ("chi2_pvalue", result.chi2_pvalue),
-            ("categorical_psi", result.psi),
-            ("categorical_js_distance", result.js_distance),
-            ("unseen_category_rate", result.unseen_rate),
-        ):
-            metric_rows.append(_metric_row(metric, name, value, result.status, result.sample_size, version, monitoring.policy_version, reference))
-        if result.new_categories:
-            new_categories[name] = {category: round(share, 4) for category, share in list(result.new_categories.items())[:5]}
-    if new_categories:
-        logger.warning("categories unseen in training on %s (share of the day's rows): %s", day, new_categories)
-
-    # Labels arrive days after the flights, so quality covers the trailing window before
-    # the day, with the labels that had arrived by the day itself.
-    quality_start = day - dt.timedelta(days=monitoring.quality_window_days)
-    labelled = monitoring_store.labelled_predictions(engine, quality_start, day, arrived_by=day)
-    if len(labelled) >= monitoring.min_rows:
-        quality = metrics.quality_summary([row["delayed"] for row in labelled], [row["probability"] for row in labelled])
-        for name in ("log_loss", "roc_auc", "positive_rate", "mean_probability"):
-            value = quality[name]
-            status = "ok" if value is not None else "undefined_one_class"
-            metric_rows.append(_metric_row(name, None, value, status, len(labelled), version, monitoring.policy_version, reference))
-
-        # Live log loss relative to what the registry gate measured on the holdout: a
-        # ratio above 1 means the model does worse on new days than when it was promoted.
-        holdout_log_loss = client.get_run(model_version.run_id).data.metrics.get("holdout_log_loss")
-        ratio, status = None, "no_reference"
-        if holdout_log_loss and math.isfinite(quality["log_loss"]):
-            ratio, status = quality["log_loss"] / holdout_log_loss, "ok"
-        metric_rows.append(
-            _metric_row("log_loss_ratio", None, ratio, status, len(labelled), version, monitoring.policy_version, reference)
-        )
-    else:
-        metric_rows.append(
-            _metric_row("log_loss", None, None, "insufficient_data", len(labelled), version, monitoring.policy_version, reference)
-        )
+    holdout_log_loss = client.get_run(model_version.run_id).data.metrics.get("holdout_log_loss")
+    values, new_categories = compute_metrics(config, engine, day, profile, features, holdout_log_loss)
+    metric_rows = [
+        _metric_row(item.metric, item.feature, item.value, item.status, item.sample_size, version, monitoring.policy_version, reference)
+        for item in values
+    ]
+    labelled_rows = next(item.sample_size for item in values if item.metric == "log_loss")
 
     if retrain_gain.wanted(config):
         metric_rows.append(_retrain_gain_row(config, engine, day, model_version, client, reference))
@@ -134,11 +98,62 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
         "status": "checked",
         "model_version": version,
         "metrics": len(metric_rows),
-        "labelled_rows": len(labelled),
+        "labelled_rows": labelled_rows,
         "new_categories": {name: list(shares)[:3] for name, shares in new_categories.items()},
         "alerts": [f"{row['rule']}:{row['metric']}:{row['feature'] or '-'}" for row in alert_rows][:20],
         "retrain": retrain,
     }
+
+
+def compute_metrics(
+    config: LooplineConfig, engine, day: dt.date, profile: dict, features, holdout_log_loss: float | None
+) -> tuple[list[MetricValue], dict[str, dict[str, float]]]:
+    """Return every metric of ``day`` against ``profile``, and the categories unseen in
+    training by feature (their share of the day's rows, at most five per feature).
+
+    Reads the monitoring store but not MLflow: ``run_checks`` passes the reference profile
+    and the holdout log loss of the model version that scored the day.
+    """
+    monitoring, feature_set = config.monitoring, config.feature_set
+    values = []
+    for result in drift.numerical_drift(profile, features, monitoring.psi_epsilon, monitoring.min_rows, monitoring.ks_min_rows):
+        values += [
+            MetricValue("psi", result.feature, result.psi, result.status, result.sample_size),
+            MetricValue("js_distance", result.feature, result.js_distance, result.status, result.sample_size),
+            MetricValue("ks_pvalue", result.feature, result.ks_pvalue, result.ks_status, result.sample_size),
+        ]
+    new_categories = {}
+    for name, counts in profile.get("categorical", {}).items():
+        result = drift.categorical_drift(counts, features[name], monitoring.psi_epsilon, monitoring.min_rows, name)
+        for metric, value in (
+            ("chi2_pvalue", result.chi2_pvalue),
+            ("categorical_psi", result.psi),
+            ("categorical_js_distance", result.js_distance),
+            ("unseen_category_rate", result.unseen_rate),
+        ):
+            values.append(MetricValue(metric, name, value, result.status, result.sample_size))
+        if result.new_categories:
+            new_categories[name] = {category: round(share, 4) for category, share in list(result.new_categories.items())[:5]}
+    if new_categories:
+        logger.warning("categories unseen in training on %s (share of the day's rows): %s", day, new_categories)
+
+    values += _prediction_drift_values(profile, monitoring_store.batch_predictions(engine, day), monitoring)
+    values += missing_values.missing_rate_values(
+        profile, features, list(feature_set.numerical), list(feature_set.categorical), monitoring.min_rows
+    )
+    values += quality.window_quality(engine, day, monitoring.quality_window_days, monitoring.min_rows, holdout_log_loss)
+    values += serving_health.serving_metrics(engine, day)
+    return values, new_categories
+
+
+def _prediction_drift_values(profile: dict, predictions: list[dict[str, Any]], monitoring) -> list[MetricValue]:
+    probabilities = [row["probability"] for row in predictions]
+    result = drift.prediction_drift(profile, probabilities, monitoring.psi_epsilon, monitoring.min_rows, monitoring.ks_min_rows)
+    return [
+        MetricValue("prediction_psi", None, result.psi, result.status, result.sample_size),
+        MetricValue("prediction_js_distance", None, result.js_distance, result.status, result.sample_size),
+        MetricValue("prediction_ks_pvalue", None, result.ks_pvalue, result.ks_status, result.sample_size),
+    ]
 
 
 def policy_in_force(config: LooplineConfig, model_version) -> LooplineConfig:

@@ -252,6 +252,29 @@ def labelled_predictions(engine: Engine, start: dt.date, end: dt.date, arrived_b
         return [dict(row) for row in connection.execute(query).mappings()]
 
 
+def batch_prediction_count(engine: Engine, start: dt.date, end: dt.date) -> int:
+    """Return the number of batch predictions of the days in ``[start, end)``."""
+    query = sa.select(sa.func.count()).select_from(predictions).where(
+        predictions.c.source == "batch",
+        predictions.c.partition_date >= start.isoformat(),
+        predictions.c.partition_date < end.isoformat(),
+    )
+    with engine.connect() as connection:
+        return int(connection.execute(query).scalar_one())
+
+
+def request_timings_on(engine: Engine, day: dt.date) -> list[dict[str, Any]]:
+    """Return the status code and total time of the model-server requests logged on ``day``
+    (by ``created_at``, UTC)."""
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    query = sa.select(request_timings.c.status_code, request_timings.c.total_ms).where(
+        request_timings.c.created_at >= start,
+        request_timings.c.created_at < start + dt.timedelta(days=1),
+    )
+    with engine.connect() as connection:
+        return [dict(row) for row in connection.execute(query).mappings()]
+
+
 def labels_arrived(engine: Engine, flight_day: dt.date) -> int:
     query = sa.select(sa.func.count()).select_from(labels).where(labels.c.flight_date == flight_day.isoformat())
     with engine.connect() as connection:

@@ -8,6 +8,7 @@ stage in milliseconds.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,13 @@ STAGES = {
 PERCENTILES = (50, 95, 99)
 
 
-def stage_summary(engine) -> dict[str, Any]:
-    """Return the request count, each stage's share of the summed time and its percentiles."""
+def stage_summary(engine, until: dt.datetime | None = None) -> dict[str, Any]:
+    """Return the request count, each stage's share of the summed time and its percentiles,
+    over the successful requests logged before ``until`` (all of them when None)."""
     columns = [store.request_timings.c[name] for name in [*STAGES, "total_ms"]]
     query = sa.select(*columns).where(store.request_timings.c.status_code == 200)
+    if until is not None:
+        query = query.where(store.request_timings.c.created_at < until)
     with engine.connect() as connection:
         rows = np.asarray(connection.execute(query).all(), dtype="float64")
     if rows.size == 0:
@@ -61,17 +65,11 @@ def mermaid_pie(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(engine, folder: Path) -> dict[str, Any]:
-    """Write latency.png and latency.md to ``folder``; return the summary and the paths."""
-    summary = stage_summary(engine)
-    if summary["requests"] == 0:
-        raise ValueError("the monitoring store contains no successful model-server request yet; send POST /predict first")
-    folder.mkdir(parents=True, exist_ok=True)
-
+def pie_figure(summary: dict[str, Any]):
+    """Return a matplotlib pie of each stage's share of the summed request time."""
     from loopline.evaluation import pyplot
 
     plt = pyplot()
-
     labels = [label for label in summary["stages"] if label != "total"]
     shares = [summary["stages"][label]["share"] for label in labels]
     figure, axes = plt.subplots(figsize=(8, 5))
@@ -84,6 +82,20 @@ def write_report(engine, folder: Path) -> dict[str, Any]:
         bbox_to_anchor=(1.0, 0.5),
     )
     axes.set_title(f"Where model-server request time goes ({summary['requests']} requests)")
+    return figure
+
+
+def write_report(engine, folder: Path) -> dict[str, Any]:
+    """Write latency.png and latency.md to ``folder``; return the summary and the paths."""
+    summary = stage_summary(engine)
+    if summary["requests"] == 0:
+        raise ValueError("the monitoring store contains no successful model-server request yet; send POST /predict first")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    from loopline.evaluation import pyplot
+
+    plt = pyplot()
+    figure = pie_figure(summary)
     png = folder / "latency.png"
     figure.savefig(png, dpi=100, bbox_inches="tight")
     plt.close(figure)
