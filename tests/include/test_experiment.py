@@ -71,3 +71,29 @@ def test_experiment_static_log_loss_recomputed(outcome, tmp_path):
 def test_experiment_rejects_start_without_history():
     with pytest.raises(ValueError, match="first possible start is 2013-04-01"):
         experiment.run(load_config(), None, dt.date(2013, 2, 1), END, window_days=90)
+
+
+def test_hindsight_equals_brute_force(outcome):
+    """The hindsight schedule is the best of every choice of two Mondays in April."""
+    import itertools
+
+    config, _, _ = outcome
+    start, end = dt.date(2013, 4, 1), dt.date(2013, 4, 30)
+    replay = experiment.Replay(config, 21, start - dt.timedelta(days=21), end)
+    result = experiment.hindsight(replay, start, end, retrains=2)
+
+    mondays = [dt.date(2013, 4, day) for day in (8, 15, 22, 29)]
+    schedules = [list(chosen) for size in range(3) for chosen in itertools.combinations(mondays, size)]
+
+    def mean_log_loss(schedule):
+        served = [start, *schedule]
+        losses = []
+        for day in sorted(day for day in replay.days if start <= day <= end):
+            trained_on = max(first for first in served if first <= day)
+            losses.append(replay.day_log_loss(replay.window_of(trained_on), day))
+        return float(np.mean(losses))
+
+    best = min(schedules, key=mean_log_loss)
+    assert result.retrain_days == [start, *best]
+    assert result.mean_log_loss == pytest.approx(mean_log_loss(best), abs=1e-12)
+    assert len(result.daily_log_loss) == 30
