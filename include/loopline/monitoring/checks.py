@@ -5,10 +5,11 @@ of each numerical feature against the reference profile logged with the model ve
 that scored the day. It also computes the
 log loss and ROC AUC of the batch predictions of the trailing quality window, the days
 before the data day, using the labels that had arrived by the data day.
+Quality counts only the predictions of the model version that scored the day, so a fresh
+champion is judged on its own predictions.
 Each rule of the config compares one metric with its threshold. A metric without a value
-(too few rows, no labels yet, NaN) never fires a rule. A fired rule with action
-``retrain`` requests a retrain unless another request was made within the cooldown,
-counted in data days so that a backfill decides the same way as the daily runs.
+(too few rows, no labels yet, NaN) never fires a rule. What fired rules lead to (incidents,
+retrain requests, the circuit breaker, rollback) is ``monitoring.feedback``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from loopline import metrics, store, tracking, training
 from loopline.config import LooplineConfig, RuleConfig
-from loopline.monitoring import drift
+from loopline.monitoring import drift, feedback
 from loopline.monitoring import store as monitoring_store
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,9 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
     # the day, with the labels that had arrived by the day itself.
     quality_start = day - dt.timedelta(days=monitoring.quality_window_days)
     labelled = monitoring_store.labelled_predictions(engine, quality_start, day, arrived_by=day)
+    # Days scored by an earlier champion say nothing about this one, and the rollback
+    # action must not blame a fresh champion for its predecessor's errors.
+    labelled = [row for row in labelled if row["model_version"] == version]
     if len(labelled) >= monitoring.min_rows:
         quality = metrics.quality_summary([row["delayed"] for row in labelled], [row["probability"] for row in labelled])
         for name in ("log_loss", "roc_auc", "positive_rate", "mean_probability"):
@@ -104,11 +108,12 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
             _metric_row("log_loss", None, None, "insufficient_data", len(labelled), version, monitoring.policy_version, reference)
         )
 
-    alert_rows = _evaluate_rules(config, metric_rows, version)
+    day_feedback = feedback.process_day(config, engine, day, _evaluate_rules(config, metric_rows, version))
+    alert_rows = day_feedback.alerts
     monitoring_store.replace_monitoring_results(engine, day, metric_rows, alert_rows)
     for alert in alert_rows:
         logger.warning(
-            "ALERT %s (%s): %s%s = %.4f is %s threshold %.4f on %s, model version %s",
+            "ALERT %s (%s): %s%s = %.4f is %s threshold %.4f on %s, model version %s, incident %s%s",
             alert["rule"],
             alert["severity"],
             alert["metric"],
@@ -118,9 +123,11 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
             alert["threshold"],
             day,
             version,
+            alert["incident_id"],
+            f": {alert['message']}" if alert.get("message") else "",
         )
 
-    retrain = _retrain_decision(config, day, alert_rows, engine)
+    retrain = day_feedback.retrain
     return {
         "date": day.isoformat(),
         "status": "checked",
@@ -130,6 +137,10 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
         "new_categories": {name: list(shares)[:3] for name, shares in new_categories.items()},
         "alerts": [f"{row['rule']}:{row['metric']}:{row['feature'] or '-'}" for row in alert_rows][:20],
         "retrain": retrain,
+        "incidents_opened": day_feedback.incidents["opened"][:20],
+        "incidents_closed": day_feedback.incidents["closed"][:20],
+        "breaker_open": day_feedback.breaker.is_open,
+        "rollback": day_feedback.rollback,
     }
 
 
@@ -172,37 +183,8 @@ def _evaluate_rules(config: LooplineConfig, metric_rows: list[dict[str, Any]], v
     return alert_rows
 
 
+request_id_for = feedback.request_id_for
+
+
 def _retrain_decision(config: LooplineConfig, day: dt.date, alert_rows, engine) -> dict[str, Any] | None:
-    rules = sorted({row["rule"] for row in alert_rows if row["action"] == "retrain"})
-    if not rules:
-        return None
-
-    reason = "; ".join(
-        f"{row['rule']}: {row['metric']}{'[' + row['feature'] + ']' if row['feature'] else ''}="
-        f"{row['value']:.4f} > {row['threshold']}"
-        for row in alert_rows
-        if row["action"] == "retrain"
-    )
-    decision = {"rules": rules, "reason": reason[:500], "window_end": (day + dt.timedelta(days=1)).isoformat()}
-    latest = monitoring_store.latest_retrain_request(engine)
-    if latest is not None:
-        since = (day - dt.date.fromisoformat(latest["partition_date"])).days
-        if 0 <= since < config.monitoring.retrain_cooldown_days:
-            decision["due"] = False
-            decision["suppressed"] = (
-                f"cooldown: a retrain was requested on {latest['partition_date']} ({since} day(s) earlier, "
-                f"cooldown {config.monitoring.retrain_cooldown_days} days)"
-            )
-            logger.info("retrain for %s suppressed by %s", day, decision["suppressed"])
-            return decision
-    decision["due"] = True
-    return decision
-
-
-def request_id_for(day: dt.date) -> str:
-    """Return the run id of the training run that monitoring triggers for ``day``.
-
-    One id per data day makes the trigger idempotent: a retried or cleared monitoring task
-    finds the run it already created instead of starting another.
-    """
-    return f"retrain__{day.isoformat()}"
+    return feedback.retrain_decision(config, day, alert_rows, engine)
