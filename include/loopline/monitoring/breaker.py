@@ -82,6 +82,20 @@ def record_outcome(
     logger.info("training run %s (request %s): %s, %s", dag_run_id, request_id or "-", outcome, detail[:200])
 
 
+def classify_run(gate: dict[str, Any] | None, skip_reason: str | None, error: str | None) -> tuple[str, str, str | None]:
+    """Return the outcome, a detail and the model version of a training run from its tasks' results.
+
+    ``gate`` is what the registry gate returned, ``skip_reason`` why planning skipped, and
+    ``error`` why training failed; each is None when that did not happen.
+    """
+    if gate:
+        outcome = "promoted" if gate.get("promoted") else "rejected"
+        return outcome, f"version {gate.get('version')}: {gate.get('decision', '')}", str(gate.get("version"))
+    if skip_reason:
+        return "skipped", skip_reason, None
+    return "failed", error or "a task of the training run failed before the registry gate; see its log", None
+
+
 def outcome_of_request(engine: Engine, request_id: str, day: dt.date) -> dict[str, Any] | None:
     """Return the outcome of the retrain ``request_id`` known by data day ``day``, or None."""
     table = store.training_outcomes
