@@ -102,25 +102,18 @@ def loopline_training():
         from loopline.monitoring import breaker, store
 
         ti = context["ti"]
-        conf = context["dag_run"].conf or {}
-        plan = ti.xcom_pull(task_ids="plan_window")
-        outcome, detail, version = breaker.classify_run(
+        outcome, detail, version = breaker.record_run(
+            store.get_engine(),
+            context["dag_run"].run_id,
+            context["dag_run"].conf or {},
+            plan=ti.xcom_pull(task_ids="plan_window"),
             gate=ti.xcom_pull(task_ids="register_and_gate"),
             skip_reason=ti.xcom_pull(task_ids="plan_window", key="skip_reason"),
             error=ti.xcom_pull(task_ids="train", key="error"),
         )
-        request_id = conf.get("request_id")
-        window_end = conf.get("window_end") or (plan["window"]["end"] if plan else None)
-        # Only outcomes that monitoring reads are stored: those of its own retrains and promotions.
-        if window_end and (request_id or outcome in ("promoted", "rejected")):
-            cause = plan["cause"] if plan else ("monitoring" if request_id else "scheduled")
-            breaker.record_outcome(
-                store.get_engine(), context["dag_run"].run_id, request_id, cause, outcome,
-                dt.date.fromisoformat(window_end), detail, version,
-            )
         if outcome == "failed":
             raise AirflowFailException(f"training failed: {detail}")
-        return {"outcome": outcome, "request_id": request_id, "model_version": version}
+        return {"outcome": outcome, "model_version": version}
 
     plan = plan_window()
     register_and_gate(plan, train(plan)) >> record_outcome()

@@ -96,6 +96,29 @@ def classify_run(gate: dict[str, Any] | None, skip_reason: str | None, error: st
     return "failed", error or "a task of the training run failed before the registry gate; see its log", None
 
 
+def record_run(
+    engine: Engine,
+    dag_run_id: str,
+    conf: dict[str, Any],
+    plan: dict[str, Any] | None,
+    gate: dict[str, Any] | None,
+    skip_reason: str | None,
+    error: str | None,
+) -> tuple[str, str, str | None]:
+    """Classify a finished training run and store its outcome when monitoring needs it.
+
+    Monitoring reads the outcomes of its own retrains (``conf`` carries their
+    ``request_id``) and every promotion. Other skipped, failed or rejected runs are not stored.
+    """
+    outcome, detail, version = classify_run(gate, skip_reason, error)
+    request_id = conf.get("request_id")
+    window_end = conf.get("window_end") or (plan["window"]["end"] if plan else None)
+    if window_end and (request_id or outcome in ("promoted", "rejected")):
+        cause = plan["cause"] if plan else ("monitoring" if request_id else "scheduled")
+        record_outcome(engine, dag_run_id, request_id, cause, outcome, dt.date.fromisoformat(window_end), detail, version)
+    return outcome, detail, version
+
+
 def outcome_of_request(engine: Engine, request_id: str, day: dt.date) -> dict[str, Any] | None:
     """Return the outcome of the retrain ``request_id`` known by data day ``day``, or None."""
     table = store.training_outcomes
