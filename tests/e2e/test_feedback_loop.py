@@ -12,7 +12,7 @@ Then retraining is made to fail for real: ``training.min_rows`` exceeds every wi
 so the training code raises ``TrainingDataError``, as the training DAG's ``train`` task
 does. An operator has also lowered the threshold to 0.30 and the cooldown to one day, so
 that the rule keeps firing. After two failed retrains the circuit breaker opens, and a
-critical alert says so.
+critical alert reports it.
 
 The stages run through the library; the training DAG's steps (plan, train, gate, record
 the outcome) are repeated here in ``_retrain`` with the same library calls. The Airflow glue
@@ -116,8 +116,8 @@ def _table(name):
 
 
 def test_shift_retrain_close_then_breaker(loop_home):
-    """Case 28 on real data: a real shift leads to exactly one retrain and a closed incident;
-    failing retrains do not loop but open the breaker after two, with a critical alert."""
+    """Case 28 on real data: a real shift leads to exactly one retrain and a closed incident.
+    Failing retrains do not loop but open the breaker after two, with a critical alert."""
     from loopline import pipeline, registry, store, tracking, training
     from loopline.monitoring import breaker
 

@@ -109,7 +109,7 @@ def test_five_breaches_one_retrain(config, engine):
 
 def test_rerun_of_day_replaces_not_duplicates(config, engine):
     """Case 28: rerunning a day that requested a retrain requests the same run id again, so the
-    trigger finds the existing child; incidents and alerts are the same as after the first run."""
+    trigger finds the existing child. Incidents and alerts are the same as after the first run."""
     for offset in range(3):
         _check(config, engine, _day(offset), [_drift_alert(), _drift_alert(0.3, "plane_age")])
     before = (_rows(engine, store.incidents), len(_rows(engine, store.alerts)))
@@ -153,7 +153,7 @@ def test_alert_only_incident_closes_when_quiet(config, engine):
 
 
 def test_incident_closes_when_retrain_promotes(config, engine):
-    """A retrain incident closes on the first checked day that knows its retrain promoted a model."""
+    """A retrain incident closes on the first checked day after its retrain recorded a promotion."""
     _check(config, engine, _day(0), [_drift_alert()])
     breaker.record_outcome(engine, "retrain__2013-02-01", "retrain__2013-02-01", "monitoring", "promoted", _day(1), "promoted", "2")
     result = _check(config, engine, _day(1), [])
@@ -165,7 +165,7 @@ def test_incident_closes_when_retrain_promotes(config, engine):
 
 
 def test_failed_retrains_open_breaker(config, engine):
-    """Case 28: a failed or skipped retrain does not loop; after 2 in a row the breaker opens,
+    """Case 28: a failed or skipped retrain does not loop. After 2 in a row the breaker opens and
     raises a critical alert naming them, and only a promotion or a reset closes it."""
     drift = [_drift_alert()]
     _check(config, engine, _day(0), drift)

@@ -114,7 +114,10 @@ def record_run(
     request_id = conf.get("request_id")
     window_end = conf.get("window_end") or (plan["window"]["end"] if plan else None)
     if window_end and (request_id or outcome in ("promoted", "rejected")):
-        cause = plan["cause"] if plan else ("monitoring" if request_id else "scheduled")
+        if plan:
+            cause = plan["cause"]
+        else:
+            cause = "monitoring" if request_id else "scheduled"
         record_outcome(engine, dag_run_id, request_id, cause, outcome, dt.date.fromisoformat(window_end), detail, version)
     return outcome, detail, version
 

@@ -6,8 +6,8 @@ that opened an incident that day, so a problem that breaches for ten days notifi
 The breaker's alert opens its own incident and is sent the same way.
 
 A channel that fails (refused connection, timeout, HTTP error status, SMTP error, a missing
-secret) is logged and recorded in the ``notifications`` table with status "failed"; it never
-raises, so monitoring goes on. A rerun of a day sends again only through the channels whose
+secret) is logged and recorded in the ``notifications`` table with status "failed". The
+failure is not raised, so monitoring goes on. A rerun of a day sends again only through the channels whose
 earlier delivery of that day failed.
 
 Secrets come from environment variables named in the config: the webhook's bearer token
@@ -121,7 +121,7 @@ def post_webhook(settings: WebhookConfig, payloads: list[dict[str, Any]]) -> Non
             for payload in payloads:
                 response = client.post(settings.url, json=payload, headers=headers)
                 if response.status_code >= 300:
-                    raise NotificationError(f"webhook {target} answered HTTP {response.status_code} to incident {payload['incident_id']}")
+                    raise NotificationError(f"webhook {target} returned HTTP {response.status_code} for incident {payload['incident_id']}")
     except httpx.HTTPError as error:
         raise NotificationError(f"webhook {target} failed: {type(error).__name__}: {error}") from None
 
