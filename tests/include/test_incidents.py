@@ -256,3 +256,25 @@ def test_added_columns_on_old_store(tmp_path):
     columns = {column["name"] for column in sa.inspect(engine).get_columns("alerts")}
     assert {"incident_id", "message"} <= columns
     assert incidents.list_incidents(engine) == []
+
+
+def test_breaker_commands_status_and_reset(user_home, capsys):
+    """`loopline breaker status` names the failed retrains; `reset` closes the breaker."""
+    from loopline import cli
+
+    engine = store.get_engine()
+    for request in ("retrain__2013-02-01", "retrain__2013-02-03"):
+        breaker.record_outcome(engine, request, request, "monitoring", "failed", _day(3), "single class")
+
+    assert cli.main(["breaker", "status", "--date", "2013-02-04"]) == 0
+    output = capsys.readouterr().out
+    assert output.startswith("2013-02-04: circuit breaker open: the last 2 retrains")
+    assert "retrain__2013-02-03 failed: single class" in output
+
+    assert cli.main(["breaker", "reset", "--reason", "fixed the label feed"]) == 0
+    capsys.readouterr()
+    assert cli.main(["breaker", "status", "--date", "2013-02-04"]) == 0
+    assert capsys.readouterr().out.strip() == "2013-02-04: closed (0 of 2 failed retrains in a row)"
+
+    assert cli.main(["incidents"]) == 0
+    assert capsys.readouterr().out.strip() == "no open incidents"
