@@ -34,7 +34,7 @@ class _Hook(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def webhook_server():
-    """An HTTP server on a free loopback port that records every POST; ``status`` sets its answer."""
+    """An HTTP server on a free loopback port that records every POST; ``status`` sets its response code."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     server.received, server.status = [], 204
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -219,7 +219,7 @@ def test_email_over_smtp(smtp_server, engine, monkeypatch):
 
 
 def test_email_failure_counted(engine):
-    """An SMTP server that does not answer is a failed, counted delivery."""
+    """An SMTP port with no server behind it is a failed, counted delivery."""
     email = EmailConfig(smtp_host="127.0.0.1", smtp_port=_free_port(), sender="a@example.org", recipients=["b@example.org"], timeout_seconds=2)
     config = _config(email=email)
     _store_day(config, engine, DAY, ALERTS)

@@ -84,7 +84,7 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
     # the day, with the labels that had arrived by the day itself.
     quality_start = day - dt.timedelta(days=monitoring.quality_window_days)
     labelled = monitoring_store.labelled_predictions(engine, quality_start, day, arrived_by=day)
-    # Days scored by an earlier champion say nothing about this one, and the rollback
+    # Days scored by an earlier champion tell nothing about this one, and the rollback
     # action must not blame a fresh champion for its predecessor's errors.
     labelled = [row for row in labelled if row["model_version"] == version]
     if len(labelled) >= monitoring.min_rows:
