@@ -72,6 +72,8 @@ def sync_day(
             sa.select(table.c.id).where(table.c.opened_date == iso, table.c.id.notin_(linked or {-1}))
         ).scalars().all()
         if stale:
+            # NOTE: alerts of later days that linked to a removed incident keep its id until
+            # those days are rerun too, as a backfill over the range does.
             connection.execute(table.delete().where(table.c.id.in_(stale)))
             logger.info("removed incidents %s that an earlier run of %s opened and this run does not", stale, day)
 
