@@ -6,6 +6,8 @@ falls back to ``./mlflow.db``: the tracking URI is set to a SQLite file in the s
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import os
 import sys
 from pathlib import Path
@@ -50,3 +52,49 @@ def airflow_db() -> Path:
     (SESSION_HOME / "airflow").mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300)
     return SESSION_HOME / "airflow" / "airflow.db"
+
+
+@contextlib.contextmanager
+def _state_home(path: Path):
+    """Point LOOPLINE_HOME at ``path`` inside the block, with the config and store caches cleared."""
+    from loopline.config import cached_config
+    from loopline.monitoring import store as monitoring_store
+
+    saved = dict(os.environ)
+    os.environ["LOOPLINE_HOME"] = str(path)
+    cached_config.cache_clear()
+    monitoring_store.get_engine.cache_clear()
+    try:
+        yield path
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        cached_config.cache_clear()
+        monitoring_store.get_engine.cache_clear()
+
+
+def _land_days(config, days: list[dt.date]) -> None:
+    """Store the clean flights, features and labels of ``days``, and the labels due the day after.
+
+    Validation has its own tests, so the raw rows are stored as clean without it.
+    """
+    from loopline import pipeline, store
+
+    for day in days:
+        pipeline.extract_flights(day, config)
+        store.write_partition(store.read_partition(store.RAW_FLIGHTS, day), pipeline.CLEAN_FLIGHTS, day)
+        pipeline.build_features(day, config)
+        pipeline.land_labels(day, config)
+    pipeline.land_labels(days[-1] + dt.timedelta(days=1), config)
+
+
+@pytest.fixture(scope="session")
+def state_home():
+    """Return a context manager that moves Loopline's state folder for a module's fixture."""
+    return _state_home
+
+
+@pytest.fixture(scope="session")
+def land_days():
+    """Return a function that stores real partitions and labels of the days given."""
+    return _land_days

@@ -100,13 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         from pathlib import Path
 
         from loopline import experiment
-        from loopline.config import cached_config
+        from loopline.config import apply_policy_file, cached_config
 
         command = "loopline " + " ".join(argv if argv is not None else sys.argv[1:])
         try:
             config = cached_config()
             if args.policy:
-                config = experiment.with_policy(config, Path(args.policy))
+                config = apply_policy_file(config, args.policy)
             summary = experiment.run(config, Path(args.out), args.start, args.end, args.window_days, command)
         except ValueError as error:
             print(f"experiment failed: {error}", file=sys.stderr)

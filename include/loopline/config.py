@@ -308,6 +308,8 @@ class RuleConfig(_Strict):
     # rollback: moves @champion back to the version it replaced when the rule fires within
     # monitoring.rollback_window_days of the champion's promotion; later it only alerts.
     action: Literal["alert", "retrain", "rollback"] = "alert"
+    # A value computed from fewer rows never fires the rule; monitoring.min_rows applies first.
+    min_sample_size: int = Field(default=0, ge=0)
 
 
 # An environment variable name, as POSIX shells accept it.
@@ -342,6 +344,9 @@ class NotifyConfig(_Strict):
 
 
 class MonitoringConfig(_Strict):
+    # The monitoring policy file, relative to the config file. It holds the POLICY_KEYS
+    # below, which the section then leaves out.
+    policy: str | None = None
     policy_version: str
     min_rows: int = Field(default=200, ge=1)
     psi_bins: int = Field(default=10, ge=2)
@@ -361,6 +366,19 @@ class MonitoringConfig(_Strict):
     incident_quiet_days: int = Field(default=3, ge=1)
     notify: NotifyConfig = NotifyConfig()
     rules: list[RuleConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rule_names_unique(self) -> MonitoringConfig:
+        names = [rule.name for rule in self.rules]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"rule names {repeated} appear more than once; give every rule its own name")
+        return self
+
+
+# The keys of a monitoring policy: what is checked and what happens when a rule fires. The
+# other monitoring keys (sample sizes, bins, windows) say how metrics are computed.
+POLICY_KEYS = ("policy_version", "retrain_cooldown_days", "retrain_gain_every_days", "rules")
 
 
 class LooplineConfig(_Strict):
@@ -427,25 +445,97 @@ class LooplineConfig(_Strict):
 def load_config(path: str | Path | None = None) -> LooplineConfig:
     """Read and validate the config file (``LOOPLINE_CONFIG`` when no path is given)."""
     path = Path(path or settings.LOOPLINE_CONFIG.get())
+    raw, policy_path = _read_mapping(path)
+    try:
+        return LooplineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"invalid config {str(path)!r}:\n  " + _describe(error, raw, policy_path)) from None
+
+
+def read_config_mapping(path: str | Path) -> dict:
+    """Return the config file at ``path`` as plain data, its policy file's keys inlined."""
+    raw, _ = _read_mapping(Path(path))
+    raw["monitoring"] = {key: value for key, value in raw["monitoring"].items() if key != "policy"}
+    return raw
+
+
+def _read_mapping(path: Path) -> tuple[dict, Path | None]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found; set LOOPLINE_CONFIG to its path")
-
     with path.open(encoding="utf-8") as handle:
         raw = yaml.safe_load(handle)
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(raw).__name__}")
 
+    monitoring = raw.get("monitoring")
+    if not (isinstance(monitoring, dict) and monitoring.get("policy")):
+        return raw, None
+    policy_path = path.parent / str(monitoring["policy"])
+    inline = [key for key in POLICY_KEYS if key in monitoring]
+    if inline:
+        raise ConfigError(
+            f"invalid config {str(path)!r}: monitoring sets {inline} and also names the policy file "
+            f"{str(policy_path)!r}; keep these keys in the policy file only"
+        )
+    return {**raw, "monitoring": {**monitoring, **read_policy(policy_path)}}, policy_path
+
+
+def read_policy(path: Path) -> dict:
+    """Read a monitoring policy file: a mapping of ``POLICY_KEYS``."""
+    try:
+        policy = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read the monitoring policy file {str(path)!r}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"monitoring policy file {str(path)!r} is not valid YAML: {error}") from None
+    if not isinstance(policy, dict):
+        raise ConfigError(f"monitoring policy file {str(path)!r} must hold a mapping, got {type(policy).__name__}")
+    unknown = sorted(set(policy) - set(POLICY_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"monitoring policy file {str(path)!r} has unknown keys {unknown}; a policy holds {list(POLICY_KEYS)}, "
+            "and the other monitoring settings belong in the config file's monitoring section"
+        )
+    return policy
+
+
+def policy_of(config: LooplineConfig) -> dict:
+    """Return the monitoring policy in force in ``config``, as plain data."""
+    return config.monitoring.model_dump(include=set(POLICY_KEYS), mode="json")
+
+
+def with_policy(config: LooplineConfig, policy: dict, source: str) -> LooplineConfig:
+    """Return ``config`` under another monitoring policy; ``source`` names it in errors."""
+    raw = config.model_dump(mode="json", by_alias=True)
+    raw["monitoring"] = {**raw["monitoring"], **policy}
     try:
         return LooplineConfig.model_validate(raw)
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            key = ".".join(str(part) for part in item["loc"]) or "<root>"
-            value = item.get("input")
-            # A whole section as the value would bury the message; its own text names the value.
-            got = "" if isinstance(value, dict) else f" (got {value!r})"
-            problems.append(f"{key}: {item['msg']}{got}")
-        raise ConfigError(f"invalid config {str(path)!r}:\n  " + "\n  ".join(problems)) from None
+        raise ConfigError(f"invalid monitoring policy {source}:\n  " + _describe(error, raw)) from None
+
+
+def apply_policy_file(config: LooplineConfig, path: str | Path) -> LooplineConfig:
+    """Return ``config`` under the monitoring policy in the file at ``path``."""
+    return with_policy(config, read_policy(Path(path)), f"file {str(path)!r}")
+
+
+def _describe(error: ValidationError, raw: dict, policy_path: Path | None = None) -> str:
+    """Return one line per problem, naming the key, the rule it belongs to and the value."""
+    problems = []
+    for item in error.errors():
+        loc = list(item["loc"])
+        key = ".".join(str(part) for part in loc) or "<root>"
+        if loc[:2] == ["monitoring", "rules"] and len(loc) > 2 and isinstance(loc[2], int):
+            rules = raw["monitoring"].get("rules") or []
+            rule = rules[loc[2]] if loc[2] < len(rules) and isinstance(rules[loc[2]], dict) else {}
+            key = f"monitoring rule {rule.get('name', '?')!r} (rules[{loc[2]}])" + "".join(f".{part}" for part in loc[3:])
+        if policy_path is not None and len(loc) > 1 and loc[0] == "monitoring" and loc[1] in POLICY_KEYS:
+            key = f"{key} in policy file {str(policy_path)!r}"
+        value = item.get("input")
+        # A whole section as the value would bury the message; its own text names the value.
+        got = "" if isinstance(value, dict) else f" (got {value!r})"
+        problems.append(f"{key}: {item['msg']}{got}")
+    return "\n  ".join(problems)
 
 
 @functools.lru_cache(maxsize=4)

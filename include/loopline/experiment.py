@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from loopline import candidates, metrics, sources
-from loopline.config import ConfigError, LooplineConfig, MonitoringConfig
-from loopline.monitoring import checks, drift
+from loopline.config import LooplineConfig
+from loopline.monitoring import checks, drift, retrain_gain
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ DEFAULT_END = dt.date(2013, 12, 31)
 DEFAULT_WINDOW_DAYS = 90
 # The shadow model of the policy's retrain-gain estimate is compared with the champion on
 # this many most recent labelled days, which its own training window leaves out.
-GAIN_DAYS = 7
+GAIN_DAYS = retrain_gain.GAIN_DAYS
 # Days scored per prediction call: a shadow model needs only the week after its window,
 # a served model the weeks until the next retrain.
 PREDICTION_BATCH_DAYS = 14
@@ -143,24 +143,6 @@ class Replay:
 
     def window_of(self, trained_on: dt.date) -> tuple[dt.date, dt.date]:
         return trained_on - dt.timedelta(days=self.window_days), trained_on - dt.timedelta(days=1)
-
-
-def with_policy(config: LooplineConfig, path: Path) -> LooplineConfig:
-    """Return ``config`` with its monitoring settings updated from the YAML file at ``path``."""
-    import pydantic
-    import yaml
-
-    try:
-        overrides = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"cannot read policy file {path}: {error}") from None
-    if not isinstance(overrides, dict):
-        raise ValueError(f"policy file {path} must hold a mapping of monitoring settings, got {type(overrides).__name__}")
-    try:
-        monitoring = MonitoringConfig(**{**config.monitoring.model_dump(), **overrides})
-        return LooplineConfig(**{**config.model_dump(), "monitoring": monitoring.model_dump()})
-    except (pydantic.ValidationError, ConfigError) as error:
-        raise ValueError(f"invalid policy file {path}: {error}") from None
 
 
 def _boosting_candidate(config: LooplineConfig) -> candidates.Candidate:

@@ -8,7 +8,8 @@ challenger's holdout, its log loss is lower than the champion's by more than
 
 The decision and its evidence are written as version tags. Every alias move is appended
 to an audit log, a JSON-lines file in the state folder, with the versions from and to,
-the reason and the cause. ``promote`` and ``rollback`` move the alias by hand.
+the reason and the cause. ``promote`` and ``rollback`` move the alias by hand. Each
+promotion stamps the monitoring policy in force on the new champion.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import logging
 from typing import Any
 
 from loopline import metrics, settings, tracking, training
-from loopline.config import LooplineConfig
+from loopline.config import LooplineConfig, policy_of
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# Version tags that stamp the monitoring policy on a champion: its version, and the whole
+# policy as JSON.
+POLICY_VERSION_TAG = "loopline.policy_version"
+POLICY_TAG = "loopline.policy"
 # Causes of an alias move, as recorded in the audit log.
 CAUSES = ("scheduled", "manual", "monitoring", "cli", "rollback")
 
@@ -152,7 +157,7 @@ def register_and_gate(config: LooplineConfig, summary: dict[str, Any], reason: s
         if current is not None:
             client.set_model_version_tag(name, version, "gate.previous_champion", str(current.version))
         client.set_registered_model_alias(name, CHAMPION, version)
-        client.set_model_version_tag(name, version, "loopline.policy_version", config.monitoring.policy_version)
+        stamp_policy(client, config, version)
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)
 
@@ -231,6 +236,7 @@ def promote(config: LooplineConfig, version: str, reason: str) -> dict[str, Any]
         client.set_model_version_tag(name, target.version, "gate.previous_champion", str(current.version))
     client.set_registered_model_alias(name, CHAMPION, str(target.version))
     client.set_model_version_tag(name, target.version, "gate.promoted_by_hand", reason)
+    stamp_policy(client, config, str(target.version))
     from_version = str(current.version) if current is not None else None
     _append_audit(
         {"action": "promote", "cause": "cli", "model": name, "from_version": from_version, "to_version": str(target.version), "reason": reason}
@@ -271,6 +277,23 @@ def rollback(config: LooplineConfig, reason: str, cause: str = "rollback", evide
     )
     logger.warning("rolled %s @champion back from version %s to %s: %s", name, current.version, previous, reason)
     return {"from_version": str(current.version), "to_version": previous}
+
+
+def stamp_policy(client, config: LooplineConfig, version: str) -> None:
+    """Record the monitoring policy in force on ``version`` as it becomes champion.
+
+    Monitoring a day applies the policy stamped on the version that scored it, so a rerun
+    of a past day decides under the policy of that day, whatever the config says now.
+    """
+    policy = policy_of(config)
+    client.set_model_version_tag(config.model_name, version, POLICY_VERSION_TAG, policy["policy_version"])
+    client.set_model_version_tag(config.model_name, version, POLICY_TAG, json.dumps(policy, sort_keys=True))
+
+
+def stamped_policy(version) -> dict | None:
+    """Return the monitoring policy stamped on a model version, or None for an unstamped one."""
+    text = version.tags.get(POLICY_TAG)
+    return json.loads(text) if text else None
 
 
 def champion_as_of(client, name: str, day: dt.date):

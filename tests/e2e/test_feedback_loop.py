@@ -11,8 +11,9 @@ That rule requests one retrain. The retrain's model is promoted, and the inciden
 Then retraining is made to fail for real: ``training.min_rows`` exceeds every window's rows,
 so the training code raises ``TrainingDataError``, as the training DAG's ``train`` task
 does. An operator has also lowered the threshold to 0.30 and the cooldown to one day, so
-that the rule keeps firing. After two failed retrains the circuit breaker opens, and a
-critical alert reports it.
+that the rule keeps firing, and puts that policy in force on the champion (the policy
+stamped on the scoring model is the one monitoring applies). After two failed retrains
+the circuit breaker opens, and a critical alert reports it.
 
 The stages run through the library; the training DAG's steps (plan, train, gate, record
 the outcome) are repeated here in ``_retrain`` with the same library calls. The Airflow glue
@@ -67,7 +68,9 @@ def _configs():
     phase1 = shipped.model_copy(update={"training": training, "monitoring": monitoring})
 
     failing_training = training.model_copy(update={"min_rows": 1_000_000})
-    tightened = monitoring.model_copy(update={"rules": [rule.model_copy(update={"threshold": 0.30})], "retrain_cooldown_days": 1})
+    tightened = monitoring.model_copy(
+        update={"rules": [rule.model_copy(update={"threshold": 0.30})], "retrain_cooldown_days": 1, "policy_version": "e2e-tightened"}
+    )
     phase2 = phase1.model_copy(update={"training": failing_training, "monitoring": tightened})
     return phase1, phase2
 
@@ -168,6 +171,7 @@ def test_shift_retrain_close_then_breaker(loop_home):
     assert [row["dag_run_id"] for row in _table("retrain_requests")] == ["retrain__2013-02-10"]
 
     # Phase 2: every retrain fails for real; two in a row open the breaker.
+    registry.stamp_policy(client, phase2, "2")
     failures = []
     for day in (dt.date(2013, 2, 12), dt.date(2013, 2, 13)):
         summary, conf = _monitor(phase2, day)

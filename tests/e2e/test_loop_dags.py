@@ -14,6 +14,8 @@ import os
 import pytest
 import yaml
 
+from loopline.config import read_config_mapping
+
 pytestmark = pytest.mark.e2e
 
 DAYS = [dt.date(2013, 1, 1) + dt.timedelta(days=offset) for offset in range(9)]
@@ -22,7 +24,7 @@ DAYS = [dt.date(2013, 1, 1) + dt.timedelta(days=offset) for offset in range(9)]
 @pytest.fixture(scope="module")
 def loop_env(tmp_path_factory, repo_root, airflow_db):
     home = tmp_path_factory.mktemp("loop")
-    config = yaml.safe_load((repo_root / "include/config/loopline.yaml").read_text())
+    config = read_config_mapping(repo_root / "include/config/loopline.yaml")
     config["training"].update({"window_days": 10, "min_days": 6, "holdout_days": 2, "retrain_every_days": 3, "min_rows": 500})
     config["monitoring"]["min_rows"] = 100
     for rule in config["monitoring"]["rules"]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from loopline.config import ConfigError, load_config
+from loopline.config import ConfigError, apply_policy_file, load_config, policy_of, read_config_mapping
 
 
 def _write(tmp_path, repo_root, change):
-    config = yaml.safe_load((repo_root / "include/config/loopline.yaml").read_text())
+    """Write the shipped config with its policy inlined, after ``change``."""
+    config = read_config_mapping(repo_root / "include/config/loopline.yaml")
     change(config)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -43,3 +44,68 @@ def test_config_rule_with_unknown_feature_rejected(tmp_path, repo_root):
 def test_config_missing_file_named(tmp_path):
     with pytest.raises(ConfigError, match="not found; set LOOPLINE_CONFIG"):
         load_config(tmp_path / "absent.yaml")
+
+
+def _policy_config(tmp_path, repo_root, policy):
+    """Write the shipped config next to a policy file holding ``policy``; return the config path."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies/default.yaml").write_text(yaml.safe_dump(policy))
+    config = (repo_root / "include/config/loopline.yaml").read_text()
+    path = tmp_path / "loopline.yaml"
+    path.write_text(config)
+    return path
+
+
+def test_policy_file_is_read_and_versioned(repo_root):
+    config = load_config(repo_root / "include/config/loopline.yaml")
+    policy = policy_of(config)
+    shipped = yaml.safe_load((repo_root / "include/config/policies/default.yaml").read_text())
+    assert policy["policy_version"] == shipped["policy_version"]
+    assert [rule["name"] for rule in policy["rules"]] == [rule["name"] for rule in shipped["rules"]]
+    assert config.monitoring.min_rows == 200
+
+
+def test_policy_file_bad_value_names_rule_key_and_file(tmp_path, repo_root):
+    shipped = yaml.safe_load((repo_root / "include/config/policies/default.yaml").read_text())
+    shipped["rules"][1]["threshold"] = "high"
+    path = _policy_config(tmp_path, repo_root, shipped)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    message = str(raised.value)
+    assert "monitoring rule 'new_categories' (rules[1]).threshold" in message
+    assert "policies/default.yaml" in message
+    assert "(got 'high')" in message
+
+
+def test_policy_file_unknown_key_and_duplicate_rule_rejected(tmp_path, repo_root):
+    shipped = yaml.safe_load((repo_root / "include/config/policies/default.yaml").read_text())
+    path = _policy_config(tmp_path, repo_root, {**shipped, "min_rows": 10})
+    with pytest.raises(ConfigError, match=r"unknown keys \['min_rows'\].*config file's monitoring section"):
+        load_config(path)
+
+    duplicated = {**shipped, "rules": shipped["rules"] + shipped["rules"][:1]}
+    (tmp_path / "policies/default.yaml").write_text(yaml.safe_dump(duplicated))
+    with pytest.raises(ConfigError, match=r"rule names \['feature_drift'\] appear more than once"):
+        load_config(path)
+
+
+def test_policy_key_in_both_places_rejected(tmp_path, repo_root):
+    config = yaml.safe_load((repo_root / "include/config/loopline.yaml").read_text())
+    config["monitoring"]["retrain_cooldown_days"] = 3
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies/default.yaml").write_text((repo_root / "include/config/policies/default.yaml").read_text())
+    path = tmp_path / "loopline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"monitoring sets \['retrain_cooldown_days'\] and also names the policy file"):
+        load_config(path)
+
+
+def test_apply_policy_file_replaces_rules(tmp_path, repo_root):
+    config = apply_policy_file(load_config(), repo_root / "include/config/policies/retrain_gain.yaml")
+
+    assert config.monitoring.policy_version == "2026-12-05.retrain-gain"
+    assert [rule.metric for rule in config.monitoring.rules] == ["psi", "retrain_gain", "log_loss"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("policy_version: x\nrules:\n  - name: late\n    metric: psi\n    threshold: high\n")
+    with pytest.raises(ConfigError, match=r"(?s)invalid monitoring policy file .*bad.yaml.*rule 'late' \(rules\[0\]\).threshold"):
+        apply_policy_file(load_config(), bad)

@@ -71,16 +71,3 @@ def test_experiment_static_log_loss_recomputed(outcome, tmp_path):
 def test_experiment_rejects_start_without_history():
     with pytest.raises(ValueError, match="first possible start is 2013-04-01"):
         experiment.run(load_config(), None, dt.date(2013, 2, 1), END, window_days=90)
-
-
-def test_policy_file_replaces_rules(tmp_path):
-    from pathlib import Path
-
-    config = experiment.with_policy(load_config(), Path(__file__).parents[2] / "include/config/policies/retrain_gain.yaml")
-
-    assert config.monitoring.policy_version == "2026-12-05.retrain-gain"
-    assert [rule.metric for rule in config.monitoring.rules] == ["psi", "retrain_gain", "log_loss"]
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("rules:\n  - name: x\n    metric: psi\n    threshold: high\n")
-    with pytest.raises(ValueError, match=r"(?s)invalid policy file .*bad.yaml.*rules.0.threshold"):
-        experiment.with_policy(load_config(), bad)

@@ -234,6 +234,7 @@ def test_airflow_notifier_sends_data_day(webhook_server, user_home, repo_root):
     from loopline_airflow.notifiers import LooplineAlertNotifier, alert_notifiers
 
     raw = yaml.safe_load((repo_root / "include/config/loopline.yaml").read_text())
+    raw["monitoring"]["policy"] = str(repo_root / "include/config/policies/default.yaml")
     raw["monitoring"]["notify"] = {"webhook": {"url": f"http://127.0.0.1:{webhook_server.server_port}/hook"}}
     config = user_home.write_config(raw)
     engine = store.get_engine()

@@ -4,7 +4,6 @@ rollback and promote move the alias with an audit trail, and training is reprodu
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import pytest
 
@@ -12,31 +11,14 @@ DAYS = [dt.date(2013, 1, 1) + dt.timedelta(days=offset) for offset in range(19)]
 
 
 @pytest.fixture(scope="module")
-def registry_env(tmp_path_factory):
+def registry_env(tmp_path_factory, state_home, land_days):
     """Feature and label partitions for 2013-01-01..19 and an empty MLflow store."""
-    home = tmp_path_factory.mktemp("registry")
-    saved = dict(os.environ)
-    os.environ["LOOPLINE_HOME"] = str(home)
+    with state_home(tmp_path_factory.mktemp("registry")):
+        from loopline.config import load_config
 
-    from loopline import pipeline, store
-    from loopline.config import cached_config, load_config
-    from loopline.monitoring import store as monitoring_store
-
-    cached_config.cache_clear()
-    monitoring_store.get_engine.cache_clear()
-    config = load_config()
-    for day in DAYS:
-        pipeline.extract_flights(day, config)
-        # Validation has its own tests; this fixture only needs clean partitions.
-        store.write_partition(store.read_partition(store.RAW_FLIGHTS, day), pipeline.CLEAN_FLIGHTS, day)
-        pipeline.build_features(day, config)
-        pipeline.land_labels(day, config)
-    pipeline.land_labels(DAYS[-1] + dt.timedelta(days=1), config)
-    yield config
-    os.environ.clear()
-    os.environ.update(saved)
-    cached_config.cache_clear()
-    monitoring_store.get_engine.cache_clear()
+        config = load_config()
+        land_days(config, DAYS)
+        yield config
 
 
 def _tiny(config):
@@ -85,6 +67,28 @@ def test_gate_promotes_better_rejects_worse(registry_env):
     assert float(tags["gate.challenger_log_loss"]) > float(tags["gate.champion_log_loss"])
     assert tags["gate.champion_version"] == "2"
     assert tags["gate.holdout_days_seen_by_champion"] == "0"
+
+
+def test_promotion_stamps_policy_and_monitoring_applies_it(registry_env, repo_root):
+    """A rerun of a past day applies the policy stamped on its model, not today's config."""
+    from loopline import registry, tracking
+    from loopline.config import apply_policy_file, policy_of
+    from loopline.monitoring import checks
+
+    config = registry_env
+    client = tracking.configure()
+    promoted = client.get_model_version(config.model_name, "2")
+    rejected = client.get_model_version(config.model_name, "3")
+    assert promoted.tags["loopline.policy_version"] == config.monitoring.policy_version
+    assert registry.stamped_policy(promoted) == policy_of(config)
+    assert registry.stamped_policy(rejected) is None
+
+    changed = apply_policy_file(config, repo_root / "include/config/policies/retrain_gain.yaml")
+    in_force = checks.policy_in_force(changed, promoted)
+    assert in_force.monitoring.policy_version == config.monitoring.policy_version
+    assert [rule.name for rule in in_force.monitoring.rules] == [rule.name for rule in config.monitoring.rules]
+    # A version that was never promoted carries no policy, so the config's applies.
+    assert checks.policy_in_force(changed, rejected).monitoring.policy_version == "2026-12-05.retrain-gain"
 
 
 def test_champion_as_of_never_scores_training_days(registry_env):

@@ -56,6 +56,7 @@ if not (_answers("127.0.0.1", 5432) and _answers(REDIS_HOST, REDIS_PORT)):
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
+from loopline.config import read_config_mapping  # noqa: E402
 from loopline.demo import DATA_PIPELINE, AirflowApi, backfill, wait_for_days  # noqa: E402
 
 
@@ -106,7 +107,7 @@ def _empty_redis_database() -> int:
 
 def _test_config(path: Path) -> Path:
     """Write the default config with a training window that fits a few days of data."""
-    config = yaml.safe_load((REPO_ROOT / "include" / "config" / "loopline.yaml").read_text())
+    config = read_config_mapping(REPO_ROOT / "include" / "config" / "loopline.yaml")
     config["training"].update({"window_days": 6, "min_days": 4, "holdout_days": 1, "validation_days": 1})
     # One small setting per family keeps each training task short on 2 cores.
     config["training"]["candidates"] = {

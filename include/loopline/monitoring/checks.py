@@ -7,7 +7,10 @@ log loss and ROC AUC of the batch predictions of the trailing quality window, th
 before the data day, using the labels that had arrived by the data day.
 Quality counts only the predictions of the model version that scored the day, so a fresh
 champion is judged on its own predictions.
-Each rule of the config compares one metric with its threshold. A metric without a value
+When a rule of the policy uses it, the retrain gain of a shadow model is computed too
+(see ``retrain_gain``). The policy is the one stamped on the scoring model at its
+promotion, so a rerun of a past day decides as that day did.
+Each rule of the policy compares one metric with its threshold. A metric without a value
 (too few rows, no labels yet, NaN) never fires a rule. What fired rules lead to (incidents,
 retrain requests, the circuit breaker, rollback) is ``monitoring.feedback``.
 """
@@ -19,9 +22,9 @@ import logging
 import math
 from typing import Any
 
-from loopline import metrics, store, tracking, training
-from loopline.config import LooplineConfig, RuleConfig
-from loopline.monitoring import drift, feedback
+from loopline import metrics, registry, store, tracking, training
+from loopline.config import LooplineConfig, RuleConfig, policy_of, with_policy
+from loopline.monitoring import drift, feedback, retrain_gain
 from loopline.monitoring import store as monitoring_store
 
 logger = logging.getLogger(__name__)
@@ -52,6 +55,8 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
     version = batch["model_version"]
     client = tracking.configure()
     model_version = client.get_model_version(config.model_name, version)
+    config = policy_in_force(config, model_version)
+    monitoring = config.monitoring
     reference = f"{config.model_name}/{version}"
     profile = training.load_reference_profile(model_version.run_id)
 
@@ -108,6 +113,9 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
             _metric_row("log_loss", None, None, "insufficient_data", len(labelled), version, monitoring.policy_version, reference)
         )
 
+    if retrain_gain.wanted(config):
+        metric_rows.append(_retrain_gain_row(config, engine, day, model_version, client, reference))
+
     day_feedback = feedback.process_day(config, engine, day, _evaluate_rules(config, metric_rows, version))
     alert_rows = day_feedback.alerts
     monitoring_store.replace_monitoring_results(engine, day, metric_rows, alert_rows)
@@ -144,6 +152,46 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
     }
 
 
+def policy_in_force(config: LooplineConfig, model_version) -> LooplineConfig:
+    """Return ``config`` under the monitoring policy stamped on ``model_version``.
+
+    The policy was stamped when the version was promoted. Applying it, rather than the
+    config's current policy, makes a rerun of a past day decide as that day did.
+    """
+    stamped = registry.stamped_policy(model_version)
+    current = policy_of(config)
+    if stamped is None:
+        logger.info(
+            "model version %s carries no stamped policy; applying the config's policy %s",
+            model_version.version,
+            current["policy_version"],
+        )
+        return config
+    if stamped == current:
+        return config
+    logger.info(
+        "applying policy %s, stamped on model version %s at its promotion (the config's policy is %s)",
+        stamped.get("policy_version"),
+        model_version.version,
+        current["policy_version"],
+    )
+    return with_policy(config, stamped, f"stamped on model version {model_version.version}")
+
+
+def _retrain_gain_row(config: LooplineConfig, engine, day: dt.date, model_version, client, reference: str) -> dict[str, Any]:
+    version, policy_version = str(model_version.version), config.monitoring.policy_version
+    not_due = retrain_gain.due(config, engine, day)
+    if not_due:
+        logger.info("retrain gain not computed on %s: %s", day, not_due)
+        return _metric_row(retrain_gain.METRIC, None, None, "not_due", 0, version, policy_version, reference)
+    run_id = model_version.tags.get("loopline.run_id") or model_version.run_id
+    model_label = client.get_run(run_id).data.params.get("model", "")
+    gain = retrain_gain.compute(config, engine, day, version, model_label, registry.window_end_of(model_version))
+    if gain.status != "ok":
+        logger.info("retrain gain on %s: %s (%s)", day, gain.status, gain.detail)
+    return _metric_row(retrain_gain.METRIC, None, gain.value, gain.status, gain.sample_size, version, policy_version, reference)
+
+
 def _metric_row(metric, feature, value, status, sample_size, version, policy_version, reference=None) -> dict[str, Any]:
     return {
         "metric": metric,
@@ -163,6 +211,8 @@ def _evaluate_rules(config: LooplineConfig, metric_rows: list[dict[str, Any]], v
         covered = set(rule.features)
         for row in metric_rows:
             if row["metric"] != rule.metric or row["status"] != "ok":
+                continue
+            if row["sample_size"] < rule.min_sample_size:
                 continue
             if covered and row["feature"] not in covered:
                 continue

@@ -390,6 +390,18 @@ def retrain_request(engine: Engine, dag_run_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+def latest_metric_day(engine: Engine, metric: str, before: dt.date) -> dt.date | None:
+    """Return the latest data day before ``before`` with a computed value of ``metric``."""
+    query = sa.select(sa.func.max(metric_values.c.partition_date)).where(
+        metric_values.c.metric == metric,
+        metric_values.c.status == "ok",
+        metric_values.c.partition_date < before.isoformat(),
+    )
+    with engine.connect() as connection:
+        latest = connection.execute(query).scalar_one()
+    return dt.date.fromisoformat(latest) if latest else None
+
+
 def record_retrain_request(
     engine: Engine, day: dt.date, rules: list[str], reason: str, dag_run_id: str, incident_ids: Iterable[int] = ()
 ) -> bool:
