@@ -8,13 +8,20 @@ Daily, one run per data interval; the feedback edge of the loop.
 2. **check_day** computes the PSI of every numerical feature against the reference profile
    of the model version that scored the day. It computes log loss, its ratio to the
    model's holdout log loss, and ROC AUC over the trailing week of labelled predictions.
-   It stores them and checks the config's threshold rules. A rule that fires is logged as
-   an alert and stored.
-3. **request_retrain** goes on only when a fired rule requests a retrain and no retrain
-   was requested within the cooldown; it records the request.
-4. **trigger_training** starts `loopline_training` with the reason and the window in its
-   conf. The run id is fixed per data day, so a retry never starts a second run.
-5. **report** writes the day's HTML monitoring report (drift, quality and serving health
+   It stores them and checks the rules of the policy stamped on that model version. A rule that fires is stored as
+   an alert linked to its incident (one per rule and feature while open). A rule with
+   action `rollback` moves `@champion` back when it breaks within
+   `monitoring.rollback_window_days` of the champion's promotion.
+3. **send_alerts** sends the day's alerts through the Loopline notifiers: the task log
+   always, and the alerts that opened an incident to the webhook and by e-mail when
+   `monitoring.notify` configures them. A failed delivery is logged and counted, never fatal.
+4. **request_retrain** goes on only when a fired rule requests a retrain, the circuit
+   breaker is closed, no earlier retrain is still without an outcome and none was requested
+   within the cooldown; it records the request.
+5. **trigger_training** starts `loopline_training` with the reason, the incident ids and
+   the window in its conf. The run id is fixed per data day, so a retry or a cleared run
+   finds the run it started instead of starting a second one.
+6. **report** writes the day's HTML monitoring report (drift, quality and serving health
    over every day up to this one, the latency pie, alerts and retrain requests) and logs
    it to the `loopline-monitoring` MLflow experiment as the day's run. It runs after the
    retrain trigger, or after check_day when no retrain is due, so the day's request is in it.
@@ -50,19 +57,26 @@ def loopline_monitoring():
 
         return checks.run_checks(config(), interval_day(context))
 
+    @task
+    def send_alerts(summary: dict, **context) -> dict:
+        from loopline_airflow.notifiers import alert_notifiers
+
+        results = {}
+        for notifier in alert_notifiers():
+            notifier(context)
+            results[notifier.channel] = (notifier.result or {"status": "failed"})["status"]
+        return results
+
     # With ignore_downstream_trigger_rules=False a "no retrain" result skips only
     # trigger_training; report still runs by its own trigger rule.
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def request_retrain(summary: dict, **context) -> dict | None:
-        from loopline.monitoring import checks, store
+        from loopline.monitoring import feedback, store
 
         retrain = summary.get("retrain")
         if not retrain or not retrain.get("due"):
             return None
-        day = interval_day(context)
-        run_id = checks.request_id_for(day)
-        store.record_retrain_request(store.get_engine(), day, retrain["rules"], retrain["reason"], run_id)
-        return {"reason": retrain["reason"], "rules": retrain["rules"], "window_end": retrain["window_end"], "incident": run_id}
+        return feedback.record_request(store.get_engine(), interval_day(context), retrain)
 
     trigger_training = TriggerDagRunOperator(
         task_id="trigger_training",
@@ -88,6 +102,7 @@ def loopline_monitoring():
 
     summary = check_day()
     wait_for_scoring >> summary
+    send_alerts(summary)
     request_retrain(summary) >> trigger_training
     [summary, trigger_training] >> report()
 

@@ -18,6 +18,10 @@ and when monitoring requests a retrain (with the reason in the run's conf).
    It runs on the `training` Celery queue and pool, and retries through an MLflow outage.
 3. **register_and_gate** registers a new model version and moves `@champion` to it only
    if its holdout log loss beats the champion's on the same holdout.
+4. **record_outcome** runs whatever happened before it and writes the run's outcome
+   (promoted, rejected, skipped or failed) to the monitoring store, where monitoring's
+   circuit breaker and incidents read it. A failed training fails this task too, so the
+   run stays failed.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ def loopline_training():
                 champion_window_end=champion_end,
             )
         except training.TrainingSkipped as skipped:
+            context["task_instance"].xcom_push(key="skip_reason", value=str(skipped)[:500])
             raise AirflowSkipException(f"no training: {skipped}") from None
         return {"window": window.to_dict(), "reason": trigger["reason"], "cause": trigger["cause"]}
 
@@ -80,6 +85,8 @@ def loopline_training():
         except training.TrainingDataError as error:
             # A retry would read the same partitions, so the task fails without retries.
             # register_and_gate then never runs, so no model version is created.
+            # record_outcome reads why, for the monitoring store.
+            context["task_instance"].xcom_push(key="error", value=str(error)[:500])
             raise AirflowFailException(f"no model trained: {error}") from None
 
     @task(outlets=[CHAMPION_ASSET])
@@ -88,8 +95,28 @@ def loopline_training():
 
         return registry.register_and_gate(config(), trained, plan["reason"], plan["cause"])
 
+    @task(trigger_rule="all_done")
+    def record_outcome(**context) -> dict | None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from loopline.monitoring import breaker, store
+
+        ti = context["ti"]
+        outcome, detail, version = breaker.record_run(
+            store.get_engine(),
+            context["dag_run"].run_id,
+            context["dag_run"].conf or {},
+            plan=ti.xcom_pull(task_ids="plan_window"),
+            gate=ti.xcom_pull(task_ids="register_and_gate"),
+            skip_reason=ti.xcom_pull(task_ids="plan_window", key="skip_reason"),
+            error=ti.xcom_pull(task_ids="train", key="error"),
+        )
+        if outcome == "failed":
+            raise AirflowFailException(f"training failed: {detail}")
+        return {"outcome": outcome, "model_version": version}
+
     plan = plan_window()
-    register_and_gate(plan, train(plan))
+    register_and_gate(plan, train(plan)) >> record_outcome()
 
 
 def _trigger_of(context) -> dict:

@@ -1,4 +1,5 @@
-"""The loopline command: demo, serve, summary, and the registry's promote, rollback and history."""
+"""The loopline command: demo, serve, summary, the registry's promote, rollback and history,
+and monitoring's incidents and circuit breaker."""
 
 from __future__ import annotations
 
@@ -63,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy", default=None, help="YAML file of monitoring settings and rules for the policy strategy (default: the config's)"
     )
 
+    incidents = commands.add_parser("incidents", help="list monitoring incidents, newest first")
+    incidents.add_argument("--all", action="store_true", help="include closed incidents (default: open ones only)")
+
+    breaker = commands.add_parser("breaker", help="show or reset the circuit breaker that stops retrain loops")
+    breaker_commands = breaker.add_subparsers(dest="breaker_command", required=True)
+    status = breaker_commands.add_parser("status", help="print whether the breaker is open as of a data day, and why")
+    status.add_argument("--date", type=_date, default=None, help="data day to evaluate (default: the newest checked day)")
+    reset = breaker_commands.add_parser("reset", help="close the breaker: earlier failed retrains stop counting")
+    reset.add_argument("--reason", required=True, help="why retraining may resume, recorded in the monitoring store")
+
     report = commands.add_parser("report", help="write a report from the monitoring store")
     report.add_argument(
         "kind",
@@ -92,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ("rollback", "promote", "history"):
         return _registry_command(args)
+
+    if args.command in ("incidents", "breaker"):
+        return _monitoring_command(args)
 
     if args.command == "experiment":
         from pathlib import Path
@@ -210,6 +224,50 @@ def _registry_command(args: argparse.Namespace) -> int:
         )
         return 1
     print(json.dumps(result))
+    return 0
+
+
+def _monitoring_command(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from loopline.config import cached_config
+    from loopline.monitoring import breaker, incidents, store
+
+    engine = store.get_engine()
+    if args.command == "incidents":
+        rows = incidents.list_incidents(engine, None if args.all else "open")
+        if not rows:
+            print("no open incidents" if not args.all else "no incidents recorded")
+        for row in rows:
+            where = row["feature_key"] or "model"
+            closed = f"closed {row['closed_date']}: {row['closed_reason']}" if row["closed_date"] else "open"
+            retrain = f" retrain={row['retrain_run_id']}" if row["retrain_run_id"] else ""
+            action = f" action={row['action_taken']}" if row["action_taken"] else ""
+            print(f"{row['id']:>5}  {row['opened_date']}  {row['rule']}[{where}] {row['severity']}{retrain}{action}  {closed}")
+        return 0
+
+    if args.breaker_command == "reset":
+        try:
+            result = breaker.reset(engine, args.reason)
+        except ValueError as error:
+            print(f"breaker reset failed: {error}", file=sys.stderr)
+            return 1
+        print(json.dumps(result))
+        return 0
+
+    day = args.date
+    if day is None:
+        with engine.connect() as connection:
+            newest = connection.execute(sa.select(sa.func.max(store.metric_values.c.partition_date))).scalar_one()
+        if newest is None:
+            print("no monitored day yet; the breaker is closed")
+            return 0
+        day = dt.date.fromisoformat(newest)
+    state = breaker.state(engine, day, cached_config().monitoring.breaker_max_failed_retrains)
+    if state.is_open:
+        print(f"{day}: {state.reason()}")
+    else:
+        print(f"{day}: closed ({state.failed_retrains} of {state.max_failed_retrains} failed retrains in a row)")
     return 0
 
 

@@ -318,9 +318,42 @@ class RuleConfig(_Strict):
     threshold: float
     direction: Literal["above", "below"] = "above"
     severity: Literal["info", "warning", "critical"] = "warning"
-    action: Literal["alert", "retrain"] = "alert"
+    # rollback: moves @champion back to the version it replaced when the rule fires within
+    # monitoring.rollback_window_days of the champion's promotion; later it only alerts.
+    action: Literal["alert", "retrain", "rollback"] = "alert"
     # A value computed from fewer rows never fires the rule; monitoring.min_rows applies first.
     min_sample_size: int = Field(default=0, ge=0)
+
+
+# An environment variable name, as POSIX shells accept it.
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class WebhookConfig(_Strict):
+    # Each alert that opens an incident is POSTed to this URL as one JSON object.
+    url: str = Field(pattern=r"^https?://")
+    # The variable holding a bearer token, sent as "Authorization: Bearer <token>" when set.
+    token_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
+    timeout_seconds: float = Field(default=5.0, gt=0)
+
+
+class EmailConfig(_Strict):
+    smtp_host: str
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+    starttls: bool = True
+    # Variables holding the SMTP login; no login when username_env is unset.
+    username_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
+    password_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+class NotifyConfig(_Strict):
+    # Each channel is off while its section is absent. The task log and the alerts table
+    # always receive every alert.
+    webhook: WebhookConfig | None = None
+    email: EmailConfig | None = None
 
 
 class MonitoringConfig(_Strict):
@@ -337,6 +370,16 @@ class MonitoringConfig(_Strict):
     retrain_cooldown_days: int = Field(default=7, ge=0)
     # How often the retrain_gain metric (a shadow model against the champion) is computed.
     retrain_gain_every_days: int = Field(default=7, ge=1)
+    # After this many monitoring retrains in a row that failed, were skipped or were rejected
+    # by the gate, monitoring stops requesting retrains until one is promoted or
+    # `loopline breaker reset` runs.
+    breaker_max_failed_retrains: int = Field(default=2, ge=1)
+    # A rule with action rollback rolls a champion back only while fewer than this many data
+    # days have passed since its training window ended.
+    rollback_window_days: int = Field(default=3, ge=1)
+    # An incident closes after this many data days without a breach.
+    incident_quiet_days: int = Field(default=3, ge=1)
+    notify: NotifyConfig = NotifyConfig()
     rules: list[RuleConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -350,7 +393,15 @@ class MonitoringConfig(_Strict):
 
 # The keys of a monitoring policy: what is checked and what happens when a rule fires. The
 # other monitoring keys (sample sizes, bins, windows) say how metrics are computed.
-POLICY_KEYS = ("policy_version", "retrain_cooldown_days", "retrain_gain_every_days", "rules")
+POLICY_KEYS = (
+    "policy_version",
+    "retrain_cooldown_days",
+    "retrain_gain_every_days",
+    "breaker_max_failed_retrains",
+    "rollback_window_days",
+    "incident_quiet_days",
+    "rules",
+)
 
 
 class LooplineConfig(_Strict):

@@ -245,8 +245,12 @@ def promote(config: LooplineConfig, version: str, reason: str) -> dict[str, Any]
     return {"from_version": from_version, "to_version": str(target.version)}
 
 
-def rollback(config: LooplineConfig, reason: str, cause: str = "rollback") -> dict[str, Any]:
-    """Move ``@champion`` back to the version it replaced, recorded on the current one."""
+def rollback(config: LooplineConfig, reason: str, cause: str = "rollback", evidence: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Move ``@champion`` back to the version it replaced, recorded on the current one.
+
+    ``evidence`` (for a rollback by a monitoring rule: the rule, value and incident) goes
+    into the audit log entry.
+    """
     client = _client()
     name = config.model_name
     current = champion_version(client, name)
@@ -268,6 +272,7 @@ def rollback(config: LooplineConfig, reason: str, cause: str = "rollback") -> di
             "from_version": str(current.version),
             "to_version": previous,
             "reason": reason,
+            **(evidence or {}),
         }
     )
     logger.warning("rolled %s @champion back from version %s to %s: %s", name, current.version, previous, reason)

@@ -96,12 +96,16 @@ def test_training_data_error_fails_without_retry(dagbag, monkeypatch):
     context = {
         "dag": SimpleNamespace(dag_id=dag.dag_id),
         "dag_run": SimpleNamespace(run_id="manual__test"),
-        "task_instance": SimpleNamespace(task_id="train", try_number=1),
+        "task_instance": SimpleNamespace(task_id="train", try_number=1, xcom_push=lambda key, value: pushed.update({key: value})),
     }
+    pushed = {}
 
     with pytest.raises(AirflowFailException, match="no model trained: training set of window .* single class"):
         dag.get_task("train").python_callable({"window": window.to_dict(), "reason": "manual"}, **context)
     assert dag.get_task("register_and_gate").upstream_task_ids >= {"train"}
+    # record_outcome reads the cause from XCom and stores it for monitoring's circuit breaker.
+    assert "single class" in pushed["error"]
+    assert dag.get_task("record_outcome").trigger_rule == "all_done"
 
 
 def test_monitoring_reports_without_retrain(dagbag, airflow_db, monkeypatch):

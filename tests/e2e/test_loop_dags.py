@@ -221,6 +221,42 @@ def test_loop_through_airflow(loop_env, dagbag):
     assert retrain[0].logical_date.date() == scored_day
     assert "quality_log_loss" in retrain[0].conf["reason"]
 
+    # Case 28: clearing and rerunning the monitoring run finds the child run it started.
+    rerun = _run(monitoring, scored_day)
+    assert rerun.state == "success"
+    states = {ti.task_id: ti.state for ti in rerun.get_task_instances()}
+    assert states["send_alerts"] == "success"
+    assert states["trigger_training"] in ("success", "skipped")
+    assert len(DagRun.find(dag_id="loopline_training", run_id=f"retrain__{scored_day.isoformat()}")) == 1
+    assert monitoring_store.table_counts(engine)["retrain_requests"] == 1
+    with engine.connect() as connection:
+        incident_ids = connection.execute(
+            sa.select(monitoring_store.alerts.c.incident_id).where(monitoring_store.alerts.c.partition_date == scored_day.isoformat())
+        ).scalars().all()
+    assert incident_ids and None not in incident_ids
+    assert retrain[0].conf["request_id"] == f"retrain__{scored_day.isoformat()}"
+    assert retrain[0].conf["incident"] in incident_ids
+
+    # The triggered run's conf drives the training DAG; its last task stores the outcome that
+    # monitoring's circuit breaker reads. With the window end moved back to the champion's
+    # own, planning skips (as a retrain does that the weekly retrain overtook), which keeps
+    # this test short; tests/e2e/test_feedback_loop.py covers promoted and failed retrains.
+    conf = {**retrain[0].conf, "window_end": "2013-01-07"}
+    retrained = training_dag.test(logical_date=dt.datetime(2013, 1, 11, tzinfo=dt.timezone.utc), run_conf=conf)
+    assert retrained.state == "success"
+    states = {ti.task_id: ti.state for ti in retrained.get_task_instances()}
+    assert states == {"plan_window": "skipped", "train": "skipped", "register_and_gate": "skipped", "record_outcome": "success"}
+    with engine.connect() as connection:
+        (outcome,) = connection.execute(
+            sa.select(monitoring_store.training_outcomes).where(monitoring_store.training_outcomes.c.request_id.is_not(None))
+        ).mappings().all()
+    assert outcome["request_id"] == f"retrain__{scored_day.isoformat()}"
+    assert outcome["dag_run_id"] == retrained.run_id
+    assert outcome["cause"] == "monitoring"
+    assert outcome["outcome"] == "skipped"
+    assert "the champion's training window already ends at 2013-01-07" in outcome["detail"]
+    assert outcome["window_end"] == "2013-01-07"
+
     # XCom carries dates, paths and counts: every value any task returned stays under 1 KB.
     import json
 

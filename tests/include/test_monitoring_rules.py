@@ -42,5 +42,10 @@ def test_retrain_cooldown_in_data_days(tmp_path):
     later = checks._retrain_decision(config, day + dt.timedelta(days=3), alerts, engine)
     assert later["due"] is False
     assert "cooldown" in later["suppressed"]
-    after = checks._retrain_decision(config, day + dt.timedelta(days=config.monitoring.retrain_cooldown_days), alerts, engine)
+    # Once the cooldown has passed and the first retrain has an outcome, a breach requests again.
+    after_day = day + dt.timedelta(days=config.monitoring.retrain_cooldown_days)
+    from loopline.monitoring import breaker
+
+    breaker.record_outcome(engine, "retrain__2013-01-20", "retrain__2013-01-20", "monitoring", "promoted", day + dt.timedelta(days=1), "promoted", "2")
+    after = checks._retrain_decision(config, after_day, alerts, engine)
     assert after["due"] is True

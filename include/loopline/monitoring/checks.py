@@ -8,13 +8,14 @@ probabilities. It computes the label share and quality (``quality``) of the batc
 predictions of the trailing quality window, the days before the data day, using the labels
 that had arrived by the data day, and the model server's latency and error rates of the
 day (``serving_health``).
+Quality counts only the predictions of the model version that scored the day, so a fresh
+champion is judged on its own predictions.
 When a rule of the policy uses it, the retrain gain of a shadow model is computed too
 (see ``retrain_gain``). The policy is the one stamped on the scoring model at its
 promotion, so a rerun of a past day decides as that day did.
 Each rule of the policy compares one metric with its threshold. A metric without a value
-(too few rows, no labels yet, NaN) never fires a rule. A fired rule with action
-``retrain`` requests a retrain unless another request was made within the cooldown,
-counted in data days so that a backfill decides the same way as the daily runs.
+(too few rows, no labels yet, NaN) never fires a rule. What fired rules lead to (incidents,
+retrain requests, the circuit breaker, rollback) is ``monitoring.feedback``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from loopline import registry, store, tracking, training
 from loopline.config import LooplineConfig, RuleConfig, policy_of, with_policy
-from loopline.monitoring import drift, missing_values, quality, retrain_gain, serving_health
+from loopline.monitoring import drift, feedback, missing_values, quality, retrain_gain, serving_health
 from loopline.monitoring import store as monitoring_store
 from loopline.monitoring.values import MetricValue
 
@@ -66,7 +67,7 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
     feature_set = config.feature_set
     features = store.read_partition(store.feature_dataset(feature_set.name, feature_set.version), day)
     holdout_log_loss = client.get_run(model_version.run_id).data.metrics.get("holdout_log_loss")
-    values, new_categories = compute_metrics(config, engine, day, profile, features, holdout_log_loss)
+    values, new_categories = compute_metrics(config, engine, day, profile, features, holdout_log_loss, version)
     metric_rows = [
         _metric_row(item.metric, item.feature, item.value, item.status, item.sample_size, version, monitoring.policy_version, reference)
         for item in values
@@ -76,11 +77,12 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
     if retrain_gain.wanted(config):
         metric_rows.append(_retrain_gain_row(config, engine, day, model_version, client, reference))
 
-    alert_rows = _evaluate_rules(config, metric_rows, version)
+    day_feedback = feedback.process_day(config, engine, day, _evaluate_rules(config, metric_rows, version))
+    alert_rows = day_feedback.alerts
     monitoring_store.replace_monitoring_results(engine, day, metric_rows, alert_rows)
     for alert in alert_rows:
         logger.warning(
-            "ALERT %s (%s): %s%s = %.4f is %s threshold %.4f on %s, model version %s",
+            "ALERT %s (%s): %s%s = %.4f is %s threshold %.4f on %s, model version %s, incident %s%s",
             alert["rule"],
             alert["severity"],
             alert["metric"],
@@ -90,9 +92,11 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
             alert["threshold"],
             day,
             version,
+            alert["incident_id"],
+            f": {alert['message']}" if alert.get("message") else "",
         )
 
-    retrain = _retrain_decision(config, day, alert_rows, engine)
+    retrain = day_feedback.retrain
     return {
         "date": day.isoformat(),
         "status": "checked",
@@ -102,11 +106,15 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
         "new_categories": {name: list(shares)[:3] for name, shares in new_categories.items()},
         "alerts": [f"{row['rule']}:{row['metric']}:{row['feature'] or '-'}" for row in alert_rows][:20],
         "retrain": retrain,
+        "incidents_opened": day_feedback.incidents["opened"][:20],
+        "incidents_closed": day_feedback.incidents["closed"][:20],
+        "breaker_open": day_feedback.breaker.is_open,
+        "rollback": day_feedback.rollback,
     }
 
 
 def compute_metrics(
-    config: LooplineConfig, engine, day: dt.date, profile: dict, features, holdout_log_loss: float | None
+    config: LooplineConfig, engine, day: dt.date, profile: dict, features, holdout_log_loss: float | None, version: str | None = None
 ) -> tuple[list[MetricValue], dict[str, dict[str, float]]]:
     """Return every metric of ``day`` against ``profile``, and the categories unseen in
     training by feature (their share of the day's rows, at most five per feature).
@@ -141,7 +149,7 @@ def compute_metrics(
     values += missing_values.missing_rate_values(
         profile, features, list(feature_set.numerical), list(feature_set.categorical), monitoring.min_rows
     )
-    values += quality.window_quality(engine, day, monitoring.quality_window_days, monitoring.min_rows, holdout_log_loss)
+    values += quality.window_quality(engine, day, monitoring.quality_window_days, monitoring.min_rows, holdout_log_loss, version)
     values += serving_health.serving_metrics(engine, day)
     return values, new_categories
 
@@ -237,37 +245,8 @@ def _evaluate_rules(config: LooplineConfig, metric_rows: list[dict[str, Any]], v
     return alert_rows
 
 
+request_id_for = feedback.request_id_for
+
+
 def _retrain_decision(config: LooplineConfig, day: dt.date, alert_rows, engine) -> dict[str, Any] | None:
-    rules = sorted({row["rule"] for row in alert_rows if row["action"] == "retrain"})
-    if not rules:
-        return None
-
-    reason = "; ".join(
-        f"{row['rule']}: {row['metric']}{'[' + row['feature'] + ']' if row['feature'] else ''}="
-        f"{row['value']:.4f} > {row['threshold']}"
-        for row in alert_rows
-        if row["action"] == "retrain"
-    )
-    decision = {"rules": rules, "reason": reason[:500], "window_end": (day + dt.timedelta(days=1)).isoformat()}
-    latest = monitoring_store.latest_retrain_request(engine)
-    if latest is not None:
-        since = (day - dt.date.fromisoformat(latest["partition_date"])).days
-        if 0 <= since < config.monitoring.retrain_cooldown_days:
-            decision["due"] = False
-            decision["suppressed"] = (
-                f"cooldown: a retrain was requested on {latest['partition_date']} ({since} day(s) earlier, "
-                f"cooldown {config.monitoring.retrain_cooldown_days} days)"
-            )
-            logger.info("retrain for %s suppressed by %s", day, decision["suppressed"])
-            return decision
-    decision["due"] = True
-    return decision
-
-
-def request_id_for(day: dt.date) -> str:
-    """Return the run id of the training run that monitoring triggers for ``day``.
-
-    One id per data day makes the trigger idempotent: a retried or cleared monitoring task
-    finds the run it already created instead of starting another.
-    """
-    return f"retrain__{day.isoformat()}"
+    return feedback.retrain_decision(config, day, alert_rows, engine)

@@ -27,8 +27,15 @@ from loopline.monitoring.values import MetricValue
 QUALITY_METRICS = ("log_loss", "roc_auc", "positive_rate", "mean_probability", "expected_calibration_error")
 
 
-def window_quality(engine, day: dt.date, window_days: int, min_rows: int, holdout_log_loss: float | None) -> list[MetricValue]:
-    """Return the label share and quality metrics of the window before ``day``."""
+def window_quality(
+    engine, day: dt.date, window_days: int, min_rows: int, holdout_log_loss: float | None, model_version: str | None = None
+) -> list[MetricValue]:
+    """Return the label share and quality metrics of the window before ``day``.
+
+    With ``model_version``, quality counts only that version's predictions: days scored
+    by an earlier champion say nothing about this one, and the rollback action must not
+    blame a fresh champion for its predecessor's errors. The label share counts them all.
+    """
     start = day - dt.timedelta(days=window_days)
     labelled = store.labelled_predictions(engine, start, day, arrived_by=day)
     predicted = store.batch_prediction_count(engine, start, day)
@@ -36,6 +43,8 @@ def window_quality(engine, day: dt.date, window_days: int, min_rows: int, holdou
         values = [MetricValue("label_share", None, len(labelled) / predicted, "ok", predicted)]
     else:
         values = [MetricValue("label_share", None, None, "no_predictions", 0)]
+    if model_version is not None:
+        labelled = [row for row in labelled if row["model_version"] == model_version]
 
     rows = len(labelled)
     if rows < min_rows:

@@ -1,4 +1,4 @@
-"""The monitoring store: predictions, labels, metrics, alerts and retrain requests.
+"""The monitoring store: predictions, labels, metrics, alerts, incidents and retrain requests.
 
 One SQL schema through SQLAlchemy Core, the same on SQLite (the local profile) and
 PostgreSQL (production). Writes that belong to one data interval replace that interval's
@@ -106,6 +106,85 @@ alerts = sa.Table(
     sa.Column("model_version", sa.String(32), nullable=True),
     sa.Column("policy_version", sa.String(32), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # The incident this breach belongs to (see monitoring.incidents).
+    sa.Column("incident_id", sa.Integer, nullable=True, index=True),
+    # A sentence for people: set on alerts that Loopline raises itself, such as the breaker's.
+    sa.Column("message", sa.String(1024), nullable=True),
+)
+
+# Columns added after the first release. ``get_engine`` adds them to an existing database,
+# because ``create_all`` creates missing tables but never alters existing ones.
+ADDED_COLUMNS = {"alerts": ("incident_id", "message"), "retrain_requests": ("incident_ids",)}
+
+# One row per (rule, feature) problem: the first breach opens it, later breaches of the same
+# rule on the same feature link to it while it is open. All dates are data days.
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rule", sa.String(64), nullable=False),
+    # The feature name, or "" for a model-level metric. Never null, so that the unique
+    # constraint below holds on PostgreSQL too, where nulls never compare equal.
+    sa.Column("feature_key", sa.String(64), nullable=False),
+    sa.Column("metric", sa.String(32), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("opened_date", sa.String(10), nullable=False, index=True),
+    sa.Column("status", sa.String(8), nullable=False),
+    # The run id of the latest retrain this incident requested.
+    sa.Column("retrain_run_id", sa.String(250), nullable=True),
+    # What monitoring did about it besides alerting, e.g. "rollback 3 -> 2".
+    sa.Column("action_taken", sa.String(256), nullable=True),
+    sa.Column("closed_date", sa.String(10), nullable=True),
+    sa.Column("closed_reason", sa.String(512), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("rule", "feature_key", "opened_date", name="uq_incident_key_day"),
+)
+
+# The result of every training run, written by the training DAG's last task. Monitoring reads
+# the results of the retrains it requested from here (the circuit breaker, incident closing).
+training_outcomes = sa.Table(
+    "training_outcomes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dag_run_id", sa.String(250), nullable=False, unique=True),
+    # The retrain request's run id when monitoring asked for this training, else null.
+    sa.Column("request_id", sa.String(250), nullable=True, index=True),
+    sa.Column("cause", sa.String(16), nullable=False),
+    # "promoted", "rejected" (the gate kept the champion), "skipped" or "failed".
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=True),
+    # The end (exclusive) of the training window, a data day: monitoring counts an outcome
+    # from this day on, so a rerun of an earlier day decides as the first run did.
+    sa.Column("window_end", sa.String(10), nullable=False),
+    sa.Column("detail", sa.String(1024), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# An operator's reset of the circuit breaker: outcomes and requests up to these ids no
+# longer count.
+breaker_resets = sa.Table(
+    "breaker_resets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("after_outcome_id", sa.Integer, nullable=False),
+    sa.Column("after_request_id", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String(512), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# One row per data day and notification channel; a rerun replaces the day's rows.
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("partition_date", sa.String(10), nullable=False, index=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("alerts", sa.Integer, nullable=False),
+    # "sent", "failed" or "not_configured".
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error", sa.String(512), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 retrain_requests = sa.Table(
@@ -119,6 +198,8 @@ retrain_requests = sa.Table(
     # task finds its own earlier request instead of adding a second one.
     sa.Column("dag_run_id", sa.String(250), nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # Comma-separated ids of the incidents that asked for this retrain.
+    sa.Column("incident_ids", sa.String(256), nullable=True),
 )
 
 
@@ -139,8 +220,23 @@ def get_engine(url: str | None = None) -> Engine:
     if url.startswith("sqlite"):
         sa.event.listen(engine, "connect", _sqlite_wal)
     metadata.create_all(engine)
+    _add_missing_columns(engine)
     logger.info("monitoring store ready at %s", engine.url.render_as_string(hide_password=True))
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    inspector = sa.inspect(engine)
+    for table_name, names in ADDED_COLUMNS.items():
+        present = {column["name"] for column in inspector.get_columns(table_name)}
+        for name in names:
+            if name in present:
+                continue
+            column = metadata.tables[table_name].c[name]
+            type_sql = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                connection.execute(sa.text(f"ALTER TABLE {table_name} ADD COLUMN {name} {type_sql}"))
+            logger.info("added column %s.%s to the monitoring store", table_name, name)
 
 
 def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
@@ -301,10 +397,17 @@ def replace_monitoring_results(
 
 
 def latest_retrain_request(engine: Engine, before: dt.date | None = None) -> dict[str, Any] | None:
-    """Return the retrain request with the latest data date (before ``before`` if given), or None."""
-    query = sa.select(retrain_requests).order_by(retrain_requests.c.partition_date.desc()).limit(1)
+    """Return the retrain request with the latest data date (before ``before``, if given), or None."""
+    query = sa.select(retrain_requests).order_by(retrain_requests.c.partition_date.desc(), retrain_requests.c.id.desc()).limit(1)
     if before is not None:
         query = query.where(retrain_requests.c.partition_date < before.isoformat())
+    with engine.connect() as connection:
+        row = connection.execute(query).mappings().first()
+    return dict(row) if row else None
+
+
+def retrain_request(engine: Engine, dag_run_id: str) -> dict[str, Any] | None:
+    query = sa.select(retrain_requests).where(retrain_requests.c.dag_run_id == dag_run_id)
     with engine.connect() as connection:
         row = connection.execute(query).mappings().first()
     return dict(row) if row else None
@@ -323,9 +426,16 @@ def latest_metric_day(engine: Engine, metric: str, before: dt.date) -> dt.date |
 
 
 def record_retrain_request(
-    engine: Engine, day: dt.date, rules: list[str], reason: str, dag_run_id: str
+    engine: Engine, day: dt.date, rules: list[str], reason: str, dag_run_id: str, incident_ids: Iterable[int] = ()
 ) -> bool:
-    """Store a retrain request; return False when one with this run id already exists."""
+    """Store a retrain request and link its incidents; return False when one with this run id already exists."""
+    incident_ids = [int(item) for item in incident_ids]
+    if incident_ids:
+        # A retry links again, which changes nothing.
+        with engine.begin() as connection:
+            connection.execute(
+                incidents.update().where(incidents.c.id.in_(incident_ids)).values(retrain_run_id=dag_run_id)
+            )
     with engine.begin() as connection:
         existing = connection.execute(
             sa.select(retrain_requests.c.id).where(retrain_requests.c.dag_run_id == dag_run_id)
@@ -339,6 +449,7 @@ def record_retrain_request(
                 reason=reason[:1024],
                 dag_run_id=dag_run_id,
                 created_at=utcnow(),
+                incident_ids=",".join(str(item) for item in incident_ids) or None,
             )
         )
     return True
