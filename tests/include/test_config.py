@@ -36,7 +36,11 @@ def test_config_bad_value_named(tmp_path, repo_root):
 
 
 def test_config_rule_with_unknown_feature_rejected(tmp_path, repo_root):
-    path = _write(tmp_path, repo_root, lambda config: config["monitoring"]["rules"][0].update({"features": ["altitude"]}))
+    def change(config):
+        (drift_rule,) = [rule for rule in config["monitoring"]["rules"] if rule["name"] == "feature_drift"]
+        drift_rule["features"] = ["altitude"]
+
+    path = _write(tmp_path, repo_root, change)
     with pytest.raises(ConfigError, match=r"rule 'feature_drift' names features \['altitude'\]"):
         load_config(path)
 
@@ -68,11 +72,12 @@ def test_policy_file_is_read_and_versioned(repo_root):
 def test_policy_file_bad_value_names_rule_key_and_file(tmp_path, repo_root):
     shipped = yaml.safe_load((repo_root / "include/config/policies/default.yaml").read_text())
     shipped["rules"][1]["threshold"] = "high"
+    name = shipped["rules"][1]["name"]
     path = _policy_config(tmp_path, repo_root, shipped)
     with pytest.raises(ConfigError) as raised:
         load_config(path)
     message = str(raised.value)
-    assert "monitoring rule 'new_categories' (rules[1]).threshold" in message
+    assert f"monitoring rule '{name}' (rules[1]).threshold" in message
     assert "policies/default.yaml" in message
     assert "(got 'high')" in message
 
@@ -85,7 +90,7 @@ def test_policy_file_unknown_key_and_duplicate_rule_rejected(tmp_path, repo_root
 
     duplicated = {**shipped, "rules": shipped["rules"] + shipped["rules"][:1]}
     (tmp_path / "policies/default.yaml").write_text(yaml.safe_dump(duplicated))
-    with pytest.raises(ConfigError, match=r"rule names \['feature_drift'\] appear more than once"):
+    with pytest.raises(ConfigError, match=rf"rule names \['{shipped['rules'][0]['name']}'\] appear more than once"):
         load_config(path)
 
 
@@ -101,10 +106,10 @@ def test_policy_key_in_both_places_rejected(tmp_path, repo_root):
 
 
 def test_apply_policy_file_replaces_rules(tmp_path, repo_root):
-    config = apply_policy_file(load_config(), repo_root / "include/config/policies/retrain_gain.yaml")
+    config = apply_policy_file(load_config(), repo_root / "include/config/policies/drift_and_quality.yaml")
 
-    assert config.monitoring.policy_version == "2026-12-05.retrain-gain"
-    assert [rule.metric for rule in config.monitoring.rules] == ["psi", "retrain_gain", "log_loss"]
+    assert config.monitoring.policy_version == "2026-12-04.1"
+    assert [rule.metric for rule in config.monitoring.rules] == ["psi", "unseen_category_rate", "log_loss_ratio", "log_loss"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("policy_version: x\nrules:\n  - name: late\n    metric: psi\n    threshold: high\n")
     with pytest.raises(ConfigError, match=r"(?s)invalid monitoring policy file .*bad.yaml.*rule 'late' \(rules\[0\]\).threshold"):

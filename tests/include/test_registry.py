@@ -83,12 +83,12 @@ def test_promotion_stamps_policy_and_monitoring_applies_it(registry_env, repo_ro
     assert registry.stamped_policy(promoted) == policy_of(config)
     assert registry.stamped_policy(rejected) is None
 
-    changed = apply_policy_file(config, repo_root / "include/config/policies/retrain_gain.yaml")
+    changed = apply_policy_file(config, repo_root / "include/config/policies/drift_and_quality.yaml")
     in_force = checks.policy_in_force(changed, promoted)
     assert in_force.monitoring.policy_version == config.monitoring.policy_version
     assert [rule.name for rule in in_force.monitoring.rules] == [rule.name for rule in config.monitoring.rules]
     # A version that was never promoted carries no policy, so the config's applies.
-    assert checks.policy_in_force(changed, rejected).monitoring.policy_version == "2026-12-05.retrain-gain"
+    assert checks.policy_in_force(changed, rejected).monitoring.policy_version == "2026-12-04.1"
 
 
 def test_champion_as_of_never_scores_training_days(registry_env):
