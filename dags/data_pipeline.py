@@ -14,8 +14,8 @@ Daily, one run per data interval (UTC day), backfillable over any range of 2013.
    duplicate key) to the quarantine partition, each with its reason, and fails when they
    exceed `validation.max_quarantine_share`. It then runs the Great Expectations suite
    generated from the schema on the rest. A failure fails the task at once, without
-   retries, with a summary of the failed expectations; only valid rows are written as
-   clean, and `build_features` and `publish_features` do not run.
+   retries, with a summary of the failed expectations. Only valid rows are written as
+   clean, and after a failure `build_features` and `publish_features` do not run.
 3. **build_features** writes the day's rows into the offline feature store.
 4. **land_labels** lands the labels that arrive today with their arrival time: from the
    replay, yesterday's flights, delayed or not; from other sources, the labels in today's

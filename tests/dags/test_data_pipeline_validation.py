@@ -101,7 +101,7 @@ def _assert_day_stopped(home, instances) -> None:
     assert store.available_days(store.LABELS) == []
 
 
-def test_validation_failure_fails_task_and_stops_day(drop_folder_home):
+def test_failed_validation_stops_day(drop_folder_home):
     """Case 29: the failing partition fails validate_flights; features, labels and the asset event never happen."""
     from loopline import pipeline, store
 
@@ -127,7 +127,7 @@ def test_validation_failure_fails_task_and_stops_day(drop_folder_home):
     }
 
 
-def test_empty_partition_fails_task_and_stops_day(drop_folder_home):
+def test_empty_partition_stops_day(drop_folder_home):
     """Case 30: a header-only file fails on the row count, not on vacuous row checks, and stops the day."""
     home, folder = drop_folder_home
     (folder / f"customers_{DAY}.csv").write_text(HEADER + "\n")
@@ -143,5 +143,6 @@ def test_empty_partition_fails_task_and_stops_day(drop_folder_home):
     assert failures[0] == ("expect_table_row_count_to_be_between", None, 0)
     # A header-only CSV has no values to type, so its int column is read as strings.
     assert failures[1:] == [("expect_column_values_to_be_in_type_list", "age", "str")]
-    # The other expectations passed only because there was nothing to check, and say so.
+    # The other expectations passed only because there was nothing to check, so the
+    # summary counts them as vacuous.
     assert result["vacuous_expectations"] == result["evaluated_expectations"] - len(failures) == 13

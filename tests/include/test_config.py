@@ -43,3 +43,22 @@ def test_config_rule_with_unknown_feature_rejected(tmp_path, repo_root):
 def test_config_missing_file_named(tmp_path):
     with pytest.raises(ConfigError, match="not found; set LOOPLINE_CONFIG"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_config_one_hot_must_be_categorical(tmp_path, repo_root):
+    """A one-hot feature must also be a categorical feature of the set."""
+    path = _write(tmp_path, repo_root, lambda config: config["feature_set"].update({"one_hot": ["origin", "distance"]}))
+    with pytest.raises(ConfigError, match=r"one_hot names \['distance'\], which are not categorical features"):
+        load_config(path)
+
+
+def test_config_one_hot_cap_positive(tmp_path, repo_root):
+    path = _write(tmp_path, repo_root, lambda config: config["feature_set"].update({"max_one_hot_categories": 0}))
+    with pytest.raises(ConfigError, match=r"feature_set.max_one_hot_categories: .*greater than or equal to 1 \(got 0\)"):
+        load_config(path)
+
+
+def test_config_shipped_one_hot_origin():
+    feature_set = load_config().feature_set
+    assert feature_set.one_hot == ["origin"]
+    assert feature_set.max_one_hot_categories == 20

@@ -256,7 +256,7 @@ def test_one_hot_online_equals_batch_on_real_rows(one_hot):
     assert (batch[3:][:, origin].sum(axis=1) == 1.0).all()
 
 
-def test_one_hot_state_survives_pickle_and_old_models():
+def test_one_hot_pickle_and_old_models():
     """A pickled processor keeps its one-hot state; one pickled before one-hot existed frequency-encodes."""
     import pickle
 

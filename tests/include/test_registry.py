@@ -149,7 +149,7 @@ def test_training_same_data_same_metrics(registry_env):
     assert first["run_id"] != second["run_id"]
 
 
-def test_reference_profile_stores_window_missing_rates(registry_env):
+def test_profile_stores_missing_rates(registry_env):
     """The logged reference profile holds each raw feature's missing share on the training days."""
     import mlflow
 

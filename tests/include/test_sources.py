@@ -115,7 +115,7 @@ def test_drop_folder_split_by_event_time(user_home, customer_config, tmp_path):
     assert store.read_partition(pipeline.CLEAN_FLIGHTS, CUSTOMER_DAYS[1])["customer_id"].tolist() == ["C060200", "C060201", "C060202"]
 
 
-def test_int_column_with_missing_values_stored_as_float64(user_home, customer_config, tmp_path):
+def test_nullable_int_stored_as_float64(user_home, customer_config, tmp_path):
     """Case 18: an int column that gains a missing value is stored as float64, passes GX and imputes the training mean.
 
     GX 1.24.1 fails ExpectColumnValuesToBeInTypeList on pandas' nullable Int64 even when the

@@ -194,7 +194,7 @@ def test_validate_large_failure_summary_bounded(tmp_path):
     assert (tmp_path / "gx_result.json").stat().st_size < 64_000
 
 
-def test_validate_flights_label_outside_mapping_bounded(user_home, customer_config, tmp_path):
+def test_unknown_labels_summary_bounded(user_home, customer_config, tmp_path):
     """Case 31: 200,000 rows whose label is 2 fail the task with a message of a few hundred bytes."""
     from loopline import pipeline, store
 
