@@ -2,8 +2,8 @@
 
 It is the practical limit of the serving benchmark: no signature validation, no stage
 timings, no monitoring log, no access log. At start it loads the champion once and keeps
-only numbers: the imputation means, the category shares, the scaler's mean and scale and
-the logistic model's coefficients. Run with ``python bench/bare_app.py --port PORT``
+only numbers: the imputation means, the category shares, the one-hot categories, the
+scaler's mean and scale and the logistic model's coefficients. Run with ``python bench/bare_app.py --port PORT``
 with LOOPLINE_HOME pointing at the benchmark's MLflow store.
 """
 
@@ -38,6 +38,15 @@ def create_app() -> FastAPI:
     categorical = list(features.categorical)
     means = [float(value) for value in features.means_]
     shares = features.frequencies_
+    # Per categorical feature: the one-hot column of each training category, or None where
+    # the feature is frequency-encoded into a single column.
+    one_hot_categories = getattr(features, "one_hot_categories_", {})
+    layout = []
+    width = len(numerical)
+    for name in categorical:
+        categories = one_hot_categories.get(name)
+        layout.append((width, None if categories is None else {category: index for index, category in enumerate(categories)}))
+        width += 1 if categories is None else len(categories)
     center = scaler.mean_
     scale = scaler.scale_
     weights = sign * classifier.coef_.ravel()
@@ -48,12 +57,17 @@ def create_app() -> FastAPI:
     @app.post("/predict")
     async def predict(request: Request) -> dict:
         record = await request.json()
-        row = np.empty(len(numerical) + len(categorical))
+        row = np.zeros(width)
         for index, name in enumerate(numerical):
             value = record.get(name)
             row[index] = means[index] if value is None else float(value)
         for offset, name in enumerate(categorical):
-            row[len(numerical) + offset] = shares[offset].get(normalize_category(record.get(name)), 0.0)
+            start, one_hot_index = layout[offset]
+            category = normalize_category(record.get(name))
+            if one_hot_index is None:
+                row[start] = shares[offset].get(category, 0.0)
+            elif category in one_hot_index:
+                row[start + one_hot_index[category]] = 1.0
         score = float(((row - center) / scale) @ weights) + bias
         probability = 1.0 / (1.0 + math.exp(-score))
         return {"predictions": [{"flight_id": record.get("flight_id"), "probability": probability}]}

@@ -13,12 +13,13 @@ Daily, one run per data interval (UTC day), backfillable over any range of 2013.
    its allowed set or range, an event time outside the interval, an unknown label, a
    duplicate key) to the quarantine partition, each with its reason, and fails when they
    exceed `validation.max_quarantine_share`. It then runs the Great Expectations suite
-   generated from the schema on the rest. A failure fails the task with a summary of the
-   failed expectations; only valid rows are written as clean.
+   generated from the schema on the rest. A failure fails the task at once, without
+   retries, with a summary of the failed expectations. Only valid rows are written as
+   clean, and after a failure `build_features` and `publish_features` do not run.
 3. **build_features** writes the day's rows into the offline feature store.
 4. **land_labels** lands the labels that arrive today with their arrival time: from the
    replay, yesterday's flights, delayed or not; from other sources, the labels in today's
-   clean rows.
+   clean rows, so it is skipped when today's rows failed validation.
 5. **publish_features** emits the `loopline_flight_features` asset event with the date
    and row counts, which schedules the training DAG.
 
@@ -53,9 +54,16 @@ def loopline_data_pipeline():
 
     @task
     def validate_flights(extracted: dict, **context) -> dict:
-        from loopline import pipeline
+        from airflow.sdk.exceptions import AirflowFailException
 
-        return pipeline.validate_flights(interval_day(context), config())
+        from loopline import pipeline, validation
+
+        try:
+            return pipeline.validate_flights(interval_day(context), config())
+        except validation.ValidationFailed as error:
+            # A retry would read the same raw partition and fail the same way, so the task
+            # fails at once. The fix is to correct the source and rerun the whole day.
+            raise AirflowFailException(f"partition failed validation: {error}") from None
 
     @task
     def build_features(validated: dict, **context) -> dict:
@@ -64,12 +72,21 @@ def loopline_data_pipeline():
         return pipeline.build_features(interval_day(context), config())
 
     # all_done: the replay's labels of an earlier day land even when today's rows fail
-    # validation. Labels carried in the rows land only after their rows passed.
+    # validation. Labels carried in the rows land only after their rows passed, so for
+    # such sources the task is skipped when validation did not return a summary.
     @task(trigger_rule="all_done")
     def land_labels(validated: dict | None = None, **context) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from loopline import pipeline
 
-        return pipeline.land_labels(interval_day(context), config())
+        settings = config()
+        if validated is None and settings.source.labels_in_rows:
+            raise AirflowSkipException(
+                f"partition {interval_day(context)} failed validation, so the labels in its rows are not "
+                "landed; fix the source and rerun the day"
+            )
+        return pipeline.land_labels(interval_day(context), settings)
 
     @task(outlets=[FEATURES_ASSET])
     def publish_features(features: dict, labels: dict, **context) -> dict:

@@ -10,6 +10,9 @@
 #
 # Environment:
 #   LOOPLINE_START_TIMEOUT  seconds to wait for each service to become ready (default 180)
+#   LOOPLINE_SERVICES       space-separated subset of the services to start, stop and list,
+#                           for example "airflow-api-server airflow-scheduler
+#                           airflow-dag-processor" (default: all of them)
 set -euo pipefail
 
 # shellcheck source=scripts/env.sh
@@ -26,6 +29,25 @@ if [[ "$AIRFLOW__CORE__EXECUTOR" == *CeleryExecutor ]]; then
     SERVICES+=(airflow-celery-worker)
 fi
 SERVICES+=(model-server)
+
+if [[ -n "${LOOPLINE_SERVICES:-}" ]]; then
+    read -r -a _requested <<<"$LOOPLINE_SERVICES"
+    for _name in "${_requested[@]}"; do
+        if [[ " ${SERVICES[*]} " != *" $_name "* ]]; then
+            echo "error: LOOPLINE_SERVICES names unknown service '$_name'; choose from: ${SERVICES[*]}" >&2
+            exit 2
+        fi
+    done
+    # Keep the start order of SERVICES.
+    _selected=()
+    for _name in "${SERVICES[@]}"; do
+        if [[ " ${_requested[*]} " == *" $_name "* ]]; then
+            _selected+=("$_name")
+        fi
+    done
+    SERVICES=("${_selected[@]}")
+    unset _requested _selected _name
+fi
 
 AIRFLOW_URL="http://127.0.0.1:$LOOPLINE_AIRFLOW_PORT"
 MLFLOW_URL="http://127.0.0.1:$LOOPLINE_MLFLOW_PORT"

@@ -37,6 +37,11 @@ class FeatureSetConfig(_Strict):
     label: str
     numerical: list[str] = Field(min_length=1)
     categorical: list[str] = Field(default_factory=list)
+    # Categorical features encoded as one 0/1 column per training category rather than
+    # their share of the training rows.
+    one_hot: list[str] = Field(default_factory=list)
+    # Training fails when a one-hot feature has more categories than this.
+    max_one_hot_categories: int = Field(default=20, ge=1)
     all_missing_fill_value: float = 0.0
 
     @model_validator(mode="after")
@@ -45,6 +50,12 @@ class FeatureSetConfig(_Strict):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"features listed more than once: {duplicates}; list each feature once")
+        not_categorical = [name for name in self.one_hot if name not in self.categorical]
+        if not_categorical:
+            raise ValueError(
+                f"one_hot names {not_categorical}, which are not categorical features; "
+                "list them under categorical too"
+            )
         return self
 
     @property

@@ -1,6 +1,6 @@
 """Feature computation fitted on the training window and carried inside the model.
 
-``FeatureProcessor`` is a scikit-learn transformer with two parts:
+``FeatureProcessor`` is a scikit-learn transformer with three parts:
 
 * numerical features: missing values are replaced by the training-window mean. A feature
   with no observed value in the training window gets the configured fill value instead of
@@ -8,7 +8,16 @@
   column in the configured order;
 * categorical features: a category is encoded as its share of the training rows. Every
   spelling of a missing value (None, NaN, empty, "N/A", ...) is one category,
-  ``__MISSING__``, with its own share; a category never seen in training encodes to 0.0.
+  ``__MISSING__``, with its own share; a category never seen in training encodes to 0.0;
+* one-hot features, a subset of the categorical ones: one 0/1 column per category seen in
+  training, in sorted order, named ``<feature>_<category>``. ``__MISSING__`` is the last
+  such category when training had missing values. A category never seen in training, or a
+  missing value when training had none, encodes to all zeros; ``transform`` logs how many
+  rows did. A feature with more than ``max_one_hot_categories`` training categories
+  raises at fit, because its width would grow with every new category.
+
+Output columns: the numerical features, then each categorical feature in its configured
+order, as one frequency column or as its one-hot block.
 
 ``transform`` (DataFrame, batch) and ``transform_records`` (plain dicts, online serving)
 apply the same fitted state and return the same numbers.
@@ -33,6 +42,11 @@ MISSING_CATEGORY = "__MISSING__"
 # Strings that mean "no value" in the feeds and requests Loopline reads (compared after
 # stripping whitespace and case-folding).
 MISSING_SPELLINGS = frozenset({"", "nan", "none", "null", "na", "n/a"})
+# Default cap on the training categories of a one-hot feature. Beyond a few dozen columns
+# per feature a linear model fits noise on rare categories; frequency encoding keeps one.
+DEFAULT_MAX_ONE_HOT_CATEGORIES = 20
+# Unseen categories quoted per feature in the log line of ``transform``.
+MAX_LOGGED_CATEGORIES = 5
 
 
 class FeatureValueError(ValueError):
@@ -89,26 +103,56 @@ def _to_float(name: str, value: Any) -> float:
 
 
 class FeatureProcessor(TransformerMixin, BaseEstimator):
-    """Mean imputation for numerical and frequency encoding for categorical features.
+    """Mean imputation for numerical, frequency or one-hot encoding for categorical features.
 
     Parameters
     ----------
     numerical, categorical:
-        Feature names. The output columns are ``numerical + categorical`` in this order.
+        Feature names, in output order (see the module docstring for the columns).
     fill_value:
         Imputation value for a numerical feature with no observed value in the training
         window (the mean is undefined there).
+    one_hot:
+        Categorical features encoded as one 0/1 column per training category instead of
+        their training share.
+    max_one_hot_categories:
+        ``fit`` raises ``FeatureValueError`` when a one-hot feature has more categories
+        than this in the training window.
     """
 
-    def __init__(self, numerical: Iterable[str] = (), categorical: Iterable[str] = (), fill_value: float = 0.0):
+    def __init__(
+        self,
+        numerical: Iterable[str] = (),
+        categorical: Iterable[str] = (),
+        fill_value: float = 0.0,
+        one_hot: Iterable[str] = (),
+        max_one_hot_categories: int = DEFAULT_MAX_ONE_HOT_CATEGORIES,
+    ):
         self.numerical = numerical
         self.categorical = categorical
         self.fill_value = fill_value
+        self.one_hot = one_hot
+        self.max_one_hot_categories = max_one_hot_categories
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Models logged before one-hot encoding existed lack these attributes; they
+        # frequency-encode every categorical feature, as they did when they were trained.
+        defaults = {"one_hot": (), "max_one_hot_categories": DEFAULT_MAX_ONE_HOT_CATEGORIES}
+        if "means_" in state:
+            defaults["one_hot_categories_"] = {}
+        super().__setstate__({**defaults, **state})
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> FeatureProcessor:
         numerical = list(self.numerical)
         categorical = list(self.categorical)
+        one_hot = list(self.one_hot)
         _require_columns(X, numerical + categorical)
+        not_categorical = [name for name in one_hot if name not in categorical]
+        if not_categorical:
+            raise FeatureValueError(
+                f"one-hot features {not_categorical} are not categorical features {categorical}; "
+                "list them under categorical too"
+            )
         if len(X) == 0:
             raise FeatureValueError("cannot fit features on 0 rows; the training window is empty")
 
@@ -139,12 +183,39 @@ class FeatureProcessor(TransformerMixin, BaseEstimator):
         self.means_ = np.asarray(means, dtype="float64")
         self.all_missing_features_ = all_missing
         self.frequencies_ = frequencies
+        self.one_hot_categories_ = self._fit_one_hot(one_hot, categorical, frequencies)
         self.feature_names_in_ = np.asarray(numerical + categorical, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         return self
 
+    def _fit_one_hot(
+        self, one_hot: list[str], categorical: list[str], frequencies: list[dict[str, float]]
+    ) -> dict[str, list[str]]:
+        """Return the training categories of each one-hot feature: sorted, ``__MISSING__`` last."""
+        categories = {}
+        for name in one_hot:
+            shares = frequencies[categorical.index(name)]
+            seen = sorted(category for category in shares if category != MISSING_CATEGORY)
+            if MISSING_CATEGORY in shares:
+                seen.append(MISSING_CATEGORY)
+            if len(seen) > self.max_one_hot_categories:
+                raise FeatureValueError(
+                    f"one-hot feature {name!r} has {len(seen)} categories in the training window, more than "
+                    f"max_one_hot_categories={self.max_one_hot_categories}; frequency-encode it (remove it "
+                    "from feature_set.one_hot) or raise feature_set.max_one_hot_categories"
+                )
+            if seen == [MISSING_CATEGORY]:
+                warnings.warn(
+                    f"one-hot feature {name!r} has no observed value in the training window; it encodes "
+                    f"to the single column {name}_{MISSING_CATEGORY}, 1 for a missing value and 0 otherwise",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            categories[name] = seen
+        return categories
+
     def transform(self, X: pd.DataFrame) -> np.ndarray:
-        """Return the feature matrix of ``X`` as float64, shape (rows, configured features)."""
+        """Return the feature matrix of ``X`` as float64, shape (rows, output columns)."""
         check_is_fitted(self, "means_")
         numerical = list(self.numerical)
         categorical = list(self.categorical)
@@ -152,13 +223,21 @@ class FeatureProcessor(TransformerMixin, BaseEstimator):
 
         # Column-major, so each feature is written to contiguous memory. Row-major writes of
         # one column stride across every row, and took most of the time at 1M rows.
-        output = np.empty((len(X), len(numerical) + len(categorical)), dtype="float64", order="F")
+        output = np.empty((len(X), self._output_width()), dtype="float64", order="F")
         for index, name in enumerate(numerical):
             values = _numeric_column(X, name)
             output[:, index] = values
             output[np.isnan(values), index] = self.means_[index]
+        position = len(numerical)
         for offset, name in enumerate(categorical):
-            output[:, len(numerical) + offset] = _encode_frequencies(X[name], self.frequencies_[offset])
+            categories = self.one_hot_categories_.get(name)
+            if categories is None:
+                output[:, position] = _lookup_categories(X[name], self.frequencies_[offset], 0.0)
+                position += 1
+                continue
+            block = output[:, position : position + len(categories)]
+            _write_one_hot(block, X[name], name, categories)
+            position += len(categories)
         return output
 
     def transform_records(self, records: list[Mapping[str, Any]]) -> np.ndarray:
@@ -166,7 +245,20 @@ class FeatureProcessor(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "means_")
         numerical = list(self.numerical)
         categorical = list(self.categorical)
-        output = np.empty((len(records), len(numerical) + len(categorical)), dtype="float64")
+        # Per categorical feature: its offset, name, first output column, and the one-hot
+        # position of each training category (None for a frequency-encoded feature).
+        layout = []
+        position = len(numerical)
+        for offset, name in enumerate(categorical):
+            categories = self.one_hot_categories_.get(name)
+            if categories is None:
+                layout.append((offset, name, position, None))
+                position += 1
+            else:
+                layout.append((offset, name, position, {category: index for index, category in enumerate(categories)}))
+                position += len(categories)
+
+        output = np.zeros((len(records), position), dtype="float64")
         for row, record in enumerate(records):
             missing = [name for name in numerical + categorical if name not in record]
             if missing:
@@ -174,9 +266,12 @@ class FeatureProcessor(TransformerMixin, BaseEstimator):
             for index, name in enumerate(numerical):
                 value = _to_float(name, record[name])
                 output[row, index] = self.means_[index] if math.isnan(value) else value
-            for offset, name in enumerate(categorical):
+            for offset, name, start, one_hot_index in layout:
                 category = normalize_category(record[name])
-                output[row, len(numerical) + offset] = self.frequencies_[offset].get(category, 0.0)
+                if one_hot_index is None:
+                    output[row, start] = self.frequencies_[offset].get(category, 0.0)
+                elif category in one_hot_index:
+                    output[row, start + one_hot_index[category]] = 1.0
         return output
 
     def unseen_category_rates(self, X: pd.DataFrame) -> dict[str, float]:
@@ -193,23 +288,75 @@ class FeatureProcessor(TransformerMixin, BaseEstimator):
         return rates
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        return np.asarray(list(self.numerical) + list(self.categorical), dtype=object)
+        """Return the output column names: features, and ``<feature>_<category>`` for one-hot blocks."""
+        check_is_fitted(self, "means_")
+        names = list(self.numerical)
+        for name in self.categorical:
+            categories = self.one_hot_categories_.get(name)
+            if categories is None:
+                names.append(name)
+            else:
+                names.extend(f"{name}_{category}" for category in categories)
+        return np.asarray(names, dtype=object)
+
+    def _output_width(self) -> int:
+        one_hot_columns = sum(len(categories) for categories in self.one_hot_categories_.values())
+        return len(self.numerical) + len(self.categorical) - len(self.one_hot_categories_) + one_hot_columns
 
 
-def _encode_frequencies(column: pd.Series, shares: Mapping[str, float]) -> np.ndarray:
-    """Return each row's category share, 0.0 for a category unseen in training."""
+def missing_rates(frame: pd.DataFrame, numerical: Iterable[str], categorical: Iterable[str]) -> dict[str, float]:
+    """Return each feature's share of missing values in ``frame``, as the processor counts them.
+
+    A numerical value is missing when it is null or a missing spelling ("", "N/A", ...); a
+    categorical one when it normalises to ``__MISSING__``. An empty frame gives 0.0.
+    """
+    rates = {}
+    for name in numerical:
+        values = frame[name]
+        missing = values.isna()
+        if not pd.api.types.is_numeric_dtype(values):
+            missing |= values.map(_is_missing_text).astype(bool)
+        rates[name] = float(missing.mean()) if len(frame) else 0.0
+    for name in categorical:
+        missing = _lookup_categories(frame[name], {MISSING_CATEGORY: 1.0}, 0.0)
+        rates[name] = float(missing.mean()) if len(frame) else 0.0
+    return rates
+
+
+def _write_one_hot(block: np.ndarray, column: pd.Series, name: str, categories: list[str]) -> None:
+    """Write the one-hot block of ``column`` into ``block`` and log rows of unseen categories."""
+    index = {category: position for position, category in enumerate(categories)}
+    codes = _lookup_categories(column, index, -1.0).astype("int64")
+    block[:] = 0.0
+    known = codes >= 0
+    block[np.flatnonzero(known), codes[known]] = 1.0
+
+    unseen = int((~known).sum())
+    if unseen:
+        examples = sorted({normalize_category(value) for value in column[~known].unique()[:MAX_LOGGED_CATEGORIES]})
+        logger.warning(
+            "one-hot feature %r: %d of %d rows have a category unseen in training (e.g. %s) and encode to all zeros",
+            name,
+            unseen,
+            len(column),
+            examples,
+        )
+
+
+def _lookup_categories(column: pd.Series, table: Mapping[str, float], default: float) -> np.ndarray:
+    """Return each row's value in ``table`` by its normalised category, ``default`` for others."""
     if _is_string_column(column):
         # Normalising each distinct value once and indexing by code is several times
         # faster than a Python call per row; missing values get code -1.
         codes, uniques = pd.factorize(column, use_na_sentinel=True)
         lookup = np.empty(len(uniques) + 1, dtype="float64")
         for index, value in enumerate(uniques):
-            lookup[index] = shares.get(normalize_category(value), 0.0)
-        lookup[-1] = shares.get(MISSING_CATEGORY, 0.0)
+            lookup[index] = table.get(normalize_category(value), default)
+        lookup[-1] = table.get(MISSING_CATEGORY, default)
         return lookup[codes]
     # Object columns of mixed types keep the row-wise path: hashing would merge values
     # that compare equal but normalise to different categories (1 and 1.0).
-    return column.map(normalize_category).map(shares).fillna(0.0).to_numpy(dtype="float64")
+    return column.map(normalize_category).map(table).fillna(default).to_numpy(dtype="float64")
 
 
 def _is_string_column(column: pd.Series) -> bool:

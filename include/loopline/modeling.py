@@ -4,7 +4,7 @@ The logged artifact is one scikit-learn ``Pipeline`` with three named steps, so 
 online scoring apply exactly what training learned, and the server can time the feature
 step and the classifier separately:
 
-* ``features``: ``FeatureProcessor`` (mean imputation, frequency encoding);
+* ``features``: ``FeatureProcessor`` (mean imputation, frequency and one-hot encoding);
 * ``scale``: ``StandardScaler``, because stochastic gradient descent converges poorly on
   features with very different scales (distance in miles next to a share in [0, 1]);
 * ``classifier``: ``SGDClassifier(loss="log_loss")``, logistic regression fitted by gradient
@@ -52,6 +52,8 @@ def build_pipeline(config: LooplineConfig) -> Pipeline:
                     numerical=list(feature_set.numerical),
                     categorical=list(feature_set.categorical),
                     fill_value=feature_set.all_missing_fill_value,
+                    one_hot=list(feature_set.one_hot),
+                    max_one_hot_categories=feature_set.max_one_hot_categories,
                 ),
             ),
             (SCALE_STEP, StandardScaler()),

@@ -20,6 +20,7 @@ import pandas as pd
 
 from loopline import calibration, candidates, evaluation, metrics, modeling, store, tracking
 from loopline.config import LooplineConfig
+from loopline.features import missing_rates
 from loopline.pipeline import LABEL_ARRIVED_AT, VALIDATION_DATASET
 from loopline.monitoring import drift
 
@@ -278,6 +279,7 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
                 "feature_set": f"{feature_set.name}/{feature_set.version}",
                 "numerical_features": ",".join(feature_set.numerical),
                 "categorical_features": ",".join(feature_set.categorical),
+                "one_hot_features": ",".join(feature_set.one_hot),
                 "seed": config.training.seed,
                 **{f"sgd_{key}": value for key, value in config.training.sgd.model_dump().items()},
             }
@@ -314,9 +316,7 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
             f"{window.holdout_days[0]}..{window.holdout_days[-1]}",
         )
 
-        profile = drift.reference_profile(
-            train_frame, list(feature_set.numerical), config.monitoring.psi_bins, list(feature_set.categorical)
-        )
+        profile = reference_profile(config, train_frame)
         # Prediction drift compares each day's probabilities with the model's own on the
         # holdout days, which it never saw in fitting, selection or calibration.
         profile["predictions"] = drift.prediction_reference(holdout_probability, config.monitoring.psi_bins)
@@ -327,6 +327,8 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
                 "means": dict(zip(feature_set.numerical, fitted.means_.tolist(), strict=True)),
                 "all_missing_features": fitted.all_missing_features_,
                 "frequencies": dict(zip(feature_set.categorical, fitted.frequencies_, strict=True)),
+                "one_hot_categories": fitted.one_hot_categories_,
+                "output_columns": fitted.get_feature_names_out().tolist(),
             },
             "feature_state.json",
         )
@@ -355,6 +357,21 @@ def train(config: LooplineConfig, window: TrainingWindow, tags: dict[str, str]) 
         "holdout_log_loss": summary_metrics["holdout_log_loss"],
         "holdout_roc_auc": summary_metrics["holdout_roc_auc"],
     }
+
+
+def reference_profile(config: LooplineConfig, train_frame: pd.DataFrame) -> dict[str, Any]:
+    """Return the reference profile of the training rows that monitoring compares days with.
+
+    Besides the binned distributions and category counts of ``drift.reference_profile``, it
+    stores ``missing_rates``: each raw feature column's share of missing values in the
+    training rows, counted as the feature processor counts them.
+    """
+    feature_set = config.feature_set
+    profile = drift.reference_profile(
+        train_frame, list(feature_set.numerical), config.monitoring.psi_bins, list(feature_set.categorical)
+    )
+    profile["missing_rates"] = missing_rates(train_frame, feature_set.numerical, feature_set.categorical)
+    return profile
 
 
 def _check_and_log_counts(config: LooplineConfig, window: TrainingWindow, parts: dict[str, pd.DataFrame]) -> None:

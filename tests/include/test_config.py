@@ -114,3 +114,22 @@ def test_apply_policy_file_replaces_rules(tmp_path, repo_root):
     bad.write_text("policy_version: x\nrules:\n  - name: late\n    metric: psi\n    threshold: high\n")
     with pytest.raises(ConfigError, match=r"(?s)invalid monitoring policy file .*bad.yaml.*rule 'late' \(rules\[0\]\).threshold"):
         apply_policy_file(load_config(), bad)
+
+
+def test_config_one_hot_must_be_categorical(tmp_path, repo_root):
+    """A one-hot feature must also be a categorical feature of the set."""
+    path = _write(tmp_path, repo_root, lambda config: config["feature_set"].update({"one_hot": ["origin", "distance"]}))
+    with pytest.raises(ConfigError, match=r"one_hot names \['distance'\], which are not categorical features"):
+        load_config(path)
+
+
+def test_config_one_hot_cap_positive(tmp_path, repo_root):
+    path = _write(tmp_path, repo_root, lambda config: config["feature_set"].update({"max_one_hot_categories": 0}))
+    with pytest.raises(ConfigError, match=r"feature_set.max_one_hot_categories: .*greater than or equal to 1 \(got 0\)"):
+        load_config(path)
+
+
+def test_config_shipped_one_hot_origin():
+    feature_set = load_config().feature_set
+    assert feature_set.one_hot == ["origin"]
+    assert feature_set.max_one_hot_categories == 20

@@ -153,6 +153,40 @@ def test_training_same_data_same_metrics(registry_env):
     assert first["run_id"] != second["run_id"]
 
 
+def test_profile_stores_missing_rates(registry_env):
+    """The logged reference profile holds each raw feature's missing share on the training days."""
+    import mlflow
+
+    from loopline import store, training
+
+    config = registry_env
+    feature_set = config.feature_set
+    # One candidate is enough here: the profile does not depend on the model.
+    tiny = _tiny(config)
+    tiny = tiny.model_copy(update={"training": tiny.training.model_copy(update={"candidates": {"sgd_logistic": [{}]}})})
+    trained = _train(tiny, dt.date(2013, 1, 12), dt.date(2013, 1, 16))
+    profile = mlflow.artifacts.load_dict(f"runs:/{trained['run_id']}/{training.REFERENCE_PROFILE_ARTIFACT}")
+    state = mlflow.artifacts.load_dict(f"runs:/{trained['run_id']}/feature_state.json")
+
+    train_days = training.TrainingWindow.from_dict(trained["window"]).train_days
+    rows = store.read_days(store.feature_dataset(feature_set.name, feature_set.version), train_days)
+    assert train_days == [dt.date(2013, 1, 12), dt.date(2013, 1, 13)]
+    assert len(rows) == mlflow.get_run(trained["run_id"]).data.metrics["train_rows"]
+    # The flights carry missing values as nulls only, so a null count gives the real share.
+    expected = {name: float(rows[name].isna().mean()) for name in feature_set.features}
+    assert profile["missing_rates"] == pytest.approx(expected, abs=0, rel=1e-12)
+    assert set(profile["missing_rates"]) == set(feature_set.features)
+    assert profile["missing_rates"]["wind_gust"] > 0.5
+    assert profile["missing_rates"]["plane_age"] > 0.0
+    assert profile["missing_rates"]["origin"] == 0.0
+    assert state["one_hot_categories"] == {"origin": ["EWR", "JFK", "LGA"]}
+    assert state["output_columns"][len(feature_set.numerical) + 1 : len(feature_set.numerical) + 4] == [
+        "origin_EWR",
+        "origin_JFK",
+        "origin_LGA",
+    ]
+
+
 def test_rollback_first_champion_has_nowhere_to_go(tmp_path, monkeypatch, registry_env):
     from loopline import registry
 

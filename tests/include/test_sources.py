@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -112,6 +113,53 @@ def test_drop_folder_split_by_event_time(user_home, customer_config, tmp_path):
         assert pipeline.extract_flights(day, config)["rows"] == 3
         assert pipeline.validate_flights(day, config)["quarantined"] == 0
     assert store.read_partition(pipeline.CLEAN_FLIGHTS, CUSTOMER_DAYS[1])["customer_id"].tolist() == ["C060200", "C060201", "C060202"]
+
+
+def test_nullable_int_stored_as_float64(user_home, customer_config, tmp_path):
+    """Case 18: an int column that gains a missing value is stored as float64, passes GX and imputes the training mean.
+
+    GX 1.24.1 fails ExpectColumnValuesToBeInTypeList on pandas' nullable Int64 even when the
+    list names it, so such a column is float64, and int64 on days without missing values.
+    """
+    from loopline import modeling
+    from loopline.features import FeatureProcessor
+
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    # Case 18's rows: ages 30, 40, 50, 60 on the first day; 35 and a missing age on the second.
+    first_day, second_day = CUSTOMER_DAYS[0], CUSTOMER_DAYS[1]
+    _write_csv(
+        folder / f"customers_{first_day}.csv",
+        [f"C{age},2024-06-01T0{number}:00:00Z,{age},{number}.0,basic,{'yes' if age > 40 else 'no'}" for number, age in enumerate([30, 40, 50, 60], 1)],
+    )
+    _write_csv(folder / f"customers_{second_day}.csv", ["D1,2024-06-02T01:00:00Z,35,1.5,pro,no", "D2,2024-06-02T02:00:00Z,,2.5,pro,yes"])
+    config = user_home.write_config(_drop_folder_config(customer_config, folder))
+
+    for day in (first_day, second_day):
+        pipeline.extract_flights(day, config)
+        validated = pipeline.validate_flights(day, config)
+        assert validated["quarantined"] == 0
+        pipeline.build_features(day, config)
+
+    whole, gaining = store.read_partition(pipeline.CLEAN_FLIGHTS, first_day), store.read_partition(pipeline.CLEAN_FLIGHTS, second_day)
+    assert whole["age"].dtype == "int64"
+    assert whole["age"].tolist() == [30, 40, 50, 60]
+    assert gaining["age"].dtype == "float64"
+    assert gaining["age"].tolist()[0] == 35.0
+    assert gaining["age"].isna().tolist() == [False, True]
+
+    dataset = store.feature_dataset("customers", "v1")
+    features = store.read_days(dataset, [first_day, second_day])
+    assert features["age"].dtype == "float64"
+    processor = modeling.build_pipeline(config).named_steps[modeling.FEATURES_STEP]
+    assert isinstance(processor, FeatureProcessor)
+    processor.fit(store.read_partition(dataset, first_day))
+    expected = [[35.0, 1.5, 0.0], [45.0, 2.5, 0.0]]
+    np.testing.assert_array_equal(processor.transform(store.read_partition(dataset, second_day)), expected)
+    np.testing.assert_array_equal(
+        processor.transform_records([{"age": 35, "income": 1.5, "plan": "pro"}, {"age": None, "income": 2.5, "plan": "pro"}]),
+        expected,
+    )
 
 
 def test_drop_folder_parquet_file(user_home, customer_config, tmp_path):

@@ -46,6 +46,7 @@ def test_validate_bad_values_fail_with_summary(partition, tmp_path):
 
 
 def test_validate_empty_partition_fails(partition, tmp_path):
+    """Case 30: the row-count expectation fails an empty partition by name."""
     with pytest.raises(validation.ValidationFailed, match="expect_table_row_count_to_be_between: observed 0"):
         validation.validate_partition(partition.iloc[:0], "2013-01-05", tmp_path / "result.json", SCHEMA, DAY)
 
@@ -141,7 +142,7 @@ def test_validate_flights_builds_data_docs(partition, pipeline_home, caplog):
 
 
 def test_validate_flights_empty_partition_flagged(partition, pipeline_home):
-    """A partition with 0 rows fails by name, is recorded as empty and gets no clean partition."""
+    """Case 30: a partition with 0 rows fails by name, is recorded as empty and gets no clean partition."""
     from loopline import pipeline, store
     from loopline.config import load_config
 
@@ -162,7 +163,7 @@ def test_validate_flights_empty_partition_flagged(partition, pipeline_home):
 
 
 def test_validate_large_failure_summary_bounded(tmp_path):
-    """200,000 rows breaking one rule give a summary of a few hundred bytes, not megabytes."""
+    """Case 31: 200,000 rows breaking one expectation give a summary of a few hundred bytes, not megabytes."""
     from loopline.config import SchemaConfig
 
     schema = SchemaConfig.model_validate(
@@ -191,3 +192,41 @@ def test_validate_large_failure_summary_bounded(tmp_path):
     assert "expect_column_values_to_be_in_set on column 'plan': 200000 unexpected value(s); e.g. ['gold'" in str(failure.value)
     assert len(json.dumps(failure.value.summary)) < 1024
     assert (tmp_path / "gx_result.json").stat().st_size < 64_000
+
+
+def test_unknown_labels_summary_bounded(user_home, customer_config, tmp_path):
+    """Case 31: 200,000 rows whose label is 2 fail the task with a message of a few hundred bytes."""
+    from loopline import pipeline, store
+
+    day = dt.date(2024, 6, 1)
+    # A drop folder's rows carry their labels, so the label mapping is a row rule.
+    customer_config["source"] = {"kind": "drop_folder", "path": str(tmp_path), "file_pattern": "customers_%Y-%m-%d.csv"}
+    config = user_home.write_config(customer_config)
+    rows = 200_000
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"C{number:06d}" for number in range(rows)],
+            "signup_time": pd.Timestamp("2024-06-01T10:00", tz="UTC"),
+            "age": 40,
+            "income": 1000.5,
+            "plan": "basic",
+            "churned": "2",
+        }
+    )
+    store.write_partition(frame, store.RAW_FLIGHTS, day)
+
+    with pytest.raises(validation.ValidationFailed) as failure:
+        pipeline.validate_flights(day, config)
+
+    message = str(failure.value)
+    assert "200000 of 200000 rows (100.0%) breaking row rules" in message
+    assert "{'churned not in schema.label.mapping': 200000}" in message
+    assert len(message) < 1024
+    assert len(json.dumps(failure.value.summary)) < 1024
+    assert failure.value.summary["reasons"] == {"churned not in schema.label.mapping": 200000}
+    result_path = user_home.path / "data/validation/flights/date=2024-06-01/result.json"
+    assert result_path.stat().st_size < 1024
+    # Every row is kept for inspection, with its raw label.
+    quarantined = store.read_partition(pipeline.QUARANTINE_FLIGHTS, day)
+    assert len(quarantined) == rows
+    assert quarantined["churned"].unique().tolist() == ["2"]
