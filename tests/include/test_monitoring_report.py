@@ -83,7 +83,8 @@ def test_report_sections_charts_and_tables(history, tmp_path):
     assert alerts > 0
     assert alert_section.count("<tr>") == alerts + 1  # and the header row
     assert all(f"<td>{run_id}</td>" in page for run_id in requests)
-    assert "no incidents table" in page
+    # The history opens no incident: its rules run without the feedback step.
+    assert "No incident up to this day." in page
 
 
 def test_report_self_contained(history, tmp_path):
@@ -104,33 +105,27 @@ def test_report_backfill_gives_same_bytes(history, tmp_path):
     assert Path(history["last"]["path"]).read_bytes() != history["before"].read_bytes()
 
 
-def test_report_shows_incidents_table_when_present(history, tmp_path):
-    """Where the store has an incidents table, the report lists the incidents up to its day."""
+def test_report_lists_incidents_as_of_its_day(history, tmp_path):
+    """The report lists incidents opened by its day, with the status they had on that day."""
     engine = store.get_engine(f"sqlite:///{tmp_path / 'with-incidents.db'}")
-    incidents = sa.Table(
-        "incidents",
-        sa.MetaData(),
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("partition_date", sa.String(10)),
-        sa.Column("rule", sa.String(64)),
-        sa.Column("state", sa.String(16)),
-    )
-    incidents.create(engine)
+    common = {"metric": "psi", "severity": "warning", "action": "alert", "created_at": store.utcnow()}
     with engine.begin() as connection:
         connection.execute(
-            incidents.insert(),
+            store.incidents.insert(),
             [
-                {"partition_date": "2013-01-12", "rule": "quality_degradation", "state": "open"},
-                {"partition_date": "2013-01-30", "rule": "feature_drift", "state": "open"},
+                {**common, "rule": "quality_degradation", "feature_key": "", "opened_date": "2013-01-12", "status": "closed", "closed_date": "2013-01-20", "closed_reason": "quiet for 3 days"},
+                {**common, "rule": "feature_drift", "feature_key": "distance", "opened_date": "2013-01-30", "status": "open", "closed_date": None, "closed_reason": None},
             ],
         )
 
     result = report.write_report(history["config"], engine, BACKFILL_DAY, tmp_path / "report.html")
     page = Path(result["path"]).read_text(encoding="utf-8")
 
-    assert "<td>quality_degradation</td><td>open</td>" in page
+    assert "<td>quality_degradation</td>" in page
+    # Closed only after the report's day, so the report shows it open.
+    assert "quiet for 3 days" not in page
     # An incident after the report's day is left out, as every other row is.
-    assert "feature_drift</td><td>open</td>" not in page
+    assert "<td>feature_drift</td><td>distance</td>" not in page
 
 
 def test_report_empty_store_still_renders(tmp_path):

@@ -4,7 +4,7 @@ The page shows what the monitoring store contains for every data day up to and i
 the report's day. Over time it charts drift per feature (a PSI heat map and one PSI chart
 per feature), prediction drift, quality, label share and serving health. It also shows
 the model server's latency pie, the day's drift table, and the alerts, retrain requests
-and incidents (where an ``incidents`` table exists). It reads nothing dated after the day, so
+and incidents. It reads nothing dated after the day, so
 a backfill of a past day writes the same bytes as the daily run did, as long as the
 store's rows for those days are the same.
 
@@ -96,8 +96,7 @@ class ReportData:
     alerts: list[dict[str, Any]]
     retrain_requests: list[dict[str, Any]]
     latency: dict[str, Any]
-    # None when the store has no incidents table.
-    incidents: list[dict[str, Any]] | None = None
+    incidents: list[dict[str, Any]] = field(default_factory=list)
     incident_note: str = ""
     rules: list[Any] = field(default_factory=list)
 
@@ -156,23 +155,27 @@ def collect(config: LooplineConfig, engine, day: dt.date) -> ReportData:
     )
 
 
-def _incidents(engine, until: str) -> tuple[list[dict[str, Any]] | None, str]:
-    """Return the incidents up to the day where the store has an ``incidents`` table."""
-    if not sa.inspect(engine).has_table("incidents"):
-        return None, ""
-    table = sa.Table("incidents", sa.MetaData(), autoload_with=engine)
-    query = sa.select(table)
-    note = ""
-    date_column = next((name for name in ("partition_date", "opened_date", "day") if name in table.c), None)
-    if date_column is not None:
-        query = query.where(table.c[date_column] <= until).order_by(table.c[date_column].desc())
-    else:
-        note = "The incidents table has no data-day column, so every incident is shown, whatever its day."
-        first = next(iter(table.primary_key.columns), None)
-        if first is not None:
-            query = query.order_by(first.desc())
+# Incident columns shown in the report, in this order.
+INCIDENT_COLUMNS = ("id", "opened_date", "rule", "feature_key", "metric", "severity", "action", "status", "retrain_run_id", "action_taken", "closed_date", "closed_reason")
+
+
+def _incidents(engine, until: str) -> tuple[list[dict[str, Any]], str]:
+    """Return the incidents opened up to the day, as they stood at the end of that day.
+
+    An incident closed after the day shows as open, so a backfilled report matches the one
+    written on the day itself.
+    """
+    table = store.incidents
+    query = sa.select(*[table.c[name] for name in INCIDENT_COLUMNS]).where(table.c.opened_date <= until)
+    query = query.order_by(table.c.opened_date.desc(), table.c.id.desc())
+    rows = []
     with engine.connect() as connection:
-        return [dict(row) for row in connection.execute(query).mappings()], note
+        for row in connection.execute(query).mappings():
+            row = dict(row)
+            if row["closed_date"] and row["closed_date"] > until:
+                row.update(status="open", closed_date=None, closed_reason=None)
+            rows.append(row)
+    return rows, ""
 
 
 def write_report(config: LooplineConfig, engine, day: dt.date, path: Path | None = None) -> dict[str, Any]:
@@ -453,12 +456,7 @@ def _retrain_section(data: ReportData) -> str:
 
 
 def _incident_section(data: ReportData) -> str:
-    if data.incidents is None:
-        return (
-            '<section id="incidents"><h2>Incidents</h2><p class="empty">This monitoring store has no '
-            "incidents table; the alerts and retrain requests above are the record.</p></section>"
-        )
-    columns = list(data.incidents[0]) if data.incidents else []
+    columns = list(INCIDENT_COLUMNS) if data.incidents else []
     return _table(data.incidents, columns, "incidents", "Incidents", "No incident up to this day.", data.incident_note)
 
 
