@@ -98,3 +98,35 @@ def state_home():
 def land_days():
     """Return a function that stores real partitions and labels of the days given."""
     return _land_days
+
+
+@contextlib.contextmanager
+def _postgres_database(prefix: str):
+    """Create a uniquely named PostgreSQL database on loopback, yield its URL, then drop it.
+
+    Skips the test when PostgreSQL does not answer on 127.0.0.1:5432.
+    """
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as error:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 does not answer: {str(error).splitlines()[0]}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """Return a context manager that yields the URL of a fresh PostgreSQL database."""
+    return _postgres_database

@@ -24,7 +24,6 @@ tests/e2e/test_loop_dags.py.
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import pytest
 import sqlalchemy as sa
@@ -36,21 +35,9 @@ STORM_CHECK = dt.date(2013, 2, 10)
 
 
 @pytest.fixture(scope="module")
-def loop_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("feedback")
-    saved = dict(os.environ)
-    os.environ["LOOPLINE_HOME"] = str(home)
-
-    from loopline.config import cached_config
-    from loopline.monitoring import store
-
-    cached_config.cache_clear()
-    store.get_engine.cache_clear()
-    yield home
-    os.environ.clear()
-    os.environ.update(saved)
-    cached_config.cache_clear()
-    store.get_engine.cache_clear()
+def loop_home(tmp_path_factory, state_home):
+    with state_home(tmp_path_factory.mktemp("feedback")) as home:
+        yield home
 
 
 def _configs():

@@ -9,7 +9,6 @@ task writes them.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -24,26 +23,15 @@ def _day(offset: int) -> dt.date:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
+def engine(request, tmp_path, postgres_database):
     """An empty monitoring store on SQLite, or on a fresh PostgreSQL database on loopback."""
     if request.param == "sqlite":
         yield store.get_engine(f"sqlite:///{tmp_path / 'monitoring.db'}")
         return
-    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    name = f"loopline_incidents_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as error:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 does not answer: {str(error).splitlines()[0]}")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    yield store.get_engine(url)
-    store.get_engine(url).dispose()
-    store.get_engine.cache_clear()
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with postgres_database("loopline_incidents") as url:
+        yield store.get_engine(url)
+        store.get_engine(url).dispose()
+        store.get_engine.cache_clear()
 
 
 @pytest.fixture

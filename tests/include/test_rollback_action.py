@@ -7,7 +7,6 @@ over version 1, then a rule with action ``rollback`` fires on a day that version
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import pytest
 
@@ -15,40 +14,26 @@ DAYS = [dt.date(2013, 1, 1) + dt.timedelta(days=offset) for offset in range(9)]
 
 
 @pytest.fixture(scope="module")
-def two_versions(tmp_path_factory):
+def two_versions(tmp_path_factory, state_home, land_days):
     """Versions 1 and 2 of the model, version 2 promoted by hand over version 1."""
-    home = tmp_path_factory.mktemp("rollback")
-    saved = dict(os.environ)
-    os.environ["LOOPLINE_HOME"] = str(home)
+    with state_home(tmp_path_factory.mktemp("rollback")):
+        from loopline import registry, training
+        from loopline.config import load_config
 
-    from loopline import pipeline, registry, store, training
-    from loopline.config import cached_config, load_config
-    from loopline.monitoring import store as monitoring_store
+        config = load_config()
+        tiny = config.training.model_copy(
+            update={"min_days": 4, "holdout_days": 1, "validation_days": 1, "window_days": 4, "candidates": {"sgd_logistic": [{}]}}
+        )
+        monitoring = config.monitoring.model_copy(update={"rollback_window_days": 3})
+        config = config.model_copy(update={"training": tiny, "monitoring": monitoring})
+        land_days(config, DAYS)
 
-    cached_config.cache_clear()
-    monitoring_store.get_engine.cache_clear()
-    config = load_config()
-    tiny = config.training.model_copy(
-        update={"min_days": 4, "holdout_days": 1, "validation_days": 1, "window_days": 4, "candidates": {"sgd_logistic": [{}]}}
-    )
-    monitoring = config.monitoring.model_copy(update={"rollback_window_days": 3})
-    config = config.model_copy(update={"training": tiny, "monitoring": monitoring})
-    for day in DAYS:
-        pipeline.extract_flights(day, config)
-        store.write_partition(store.read_partition(store.RAW_FLIGHTS, day), pipeline.CLEAN_FLIGHTS, day)
-        pipeline.build_features(day, config)
-        pipeline.land_labels(day, config)
-
-    for start, end in ((DAYS[0], DAYS[4]), (DAYS[4], DAYS[8])):
-        trained = training.train(config, training.plan_window(config, end=end, start=start), {"test": "rollback"})
-        registry.register_and_gate(config, trained, "test")
-    if str(registry.champion_version(registry._client(), config.model_name).version) != "2":
-        registry.promote(config, "2", "make version 2 the fresh champion")
-    yield config
-    os.environ.clear()
-    os.environ.update(saved)
-    cached_config.cache_clear()
-    monitoring_store.get_engine.cache_clear()
+        for start, end in ((DAYS[0], DAYS[4]), (DAYS[4], DAYS[8])):
+            trained = training.train(config, training.plan_window(config, end=end, start=start), {"test": "rollback"})
+            registry.register_and_gate(config, trained, "test")
+        if str(registry.champion_version(registry._client(), config.model_name).version) != "2":
+            registry.promote(config, "2", "make version 2 the fresh champion")
+        yield config
 
 
 def _rollback_alert(version: str) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 
 import numpy as np
 import pandas as pd
@@ -188,22 +187,10 @@ def test_drop_folder_parquet_file(user_home, customer_config, tmp_path):
 
 
 @pytest.fixture
-def postgres_url():
-    """Create a uniquely named PostgreSQL database on loopback and drop it afterwards."""
-    import sqlalchemy as sa
-
-    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    name = f"loopline_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as error:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 does not answer: {str(error).splitlines()[0]}")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+def postgres_url(postgres_database):
+    """A uniquely named PostgreSQL database on loopback, dropped afterwards."""
+    with postgres_database("loopline_test") as url:
+        yield url
 
 
 def _fill_customers_table(url):
