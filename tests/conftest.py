@@ -104,7 +104,7 @@ def land_days():
 def _postgres_database(prefix: str):
     """Create a uniquely named PostgreSQL database on loopback, yield its URL, then drop it.
 
-    Skips the test when PostgreSQL does not answer on 127.0.0.1:5432.
+    Skips the test when PostgreSQL is not reachable on 127.0.0.1:5432.
     """
     import uuid
 

@@ -368,7 +368,7 @@ class NotifyConfig(_Strict):
 
 
 class MonitoringConfig(_Strict):
-    # The monitoring policy file, relative to the config file. It holds the POLICY_KEYS
+    # The monitoring policy file, relative to the config file. It contains the POLICY_KEYS
     # below, which the section then leaves out.
     policy: str | None = None
     policy_version: str
@@ -403,7 +403,7 @@ class MonitoringConfig(_Strict):
 
 
 # The keys of a monitoring policy: what is checked and what happens when a rule fires. The
-# other monitoring keys (sample sizes, bins, windows) say how metrics are computed.
+# other monitoring keys (sample sizes, bins, windows) define how metrics are computed.
 POLICY_KEYS = (
     "policy_version",
     "retrain_cooldown_days",
@@ -527,7 +527,7 @@ def read_policy(path: Path) -> dict:
     unknown = sorted(set(policy) - set(POLICY_KEYS))
     if unknown:
         raise ConfigError(
-            f"monitoring policy file {str(path)!r} has unknown keys {unknown}; a policy holds {list(POLICY_KEYS)}, "
+            f"monitoring policy file {str(path)!r} has unknown keys {unknown}; a policy contains only {list(POLICY_KEYS)}, "
             "and the other monitoring settings belong in the config file's monitoring section"
         )
     return policy
