@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ BACKFILL_RETRY_SECONDS = 5
 # Airflow's health check marks the scheduler unhealthy 30 s after its last heartbeat
 # ([scheduler] scheduler_health_check_threshold); a busy loop can briefly miss one.
 SCHEDULER_GRACE_SECONDS = 60
+# On SQLite, Airflow 3.3's scheduler can exit when a backfill that hit a lock deletes runs
+# it was scheduling. The demo restarts the stopped services this many times, then stops.
+SCHEDULER_RESTARTS = 2
 
 
 class DemoError(RuntimeError):
@@ -170,19 +174,28 @@ def wait_for_days(api: AirflowApi, dag_ids: list[str], first: dt.date, last: dt.
     days = (last - first).days + 1
     deadline = time.monotonic() + timeout
     unhealthy_since = None
+    restarts = 0
     while True:
-        # A dead scheduler leaves runs queued forever, so stop with a message instead of
-        # waiting out the timeout.
+        # A dead scheduler leaves runs queued forever: restart it, or stop with a message
+        # instead of waiting out the timeout.
         if api.scheduler_healthy():
             unhealthy_since = None
         elif unhealthy_since is None:
             unhealthy_since = time.monotonic()
         elif time.monotonic() - unhealthy_since > SCHEDULER_GRACE_SECONDS:
-            raise DemoError(
-                "the Airflow scheduler has not sent a heartbeat for over "
-                f"{SCHEDULER_GRACE_SECONDS} s; read .loopline/logs/airflow-scheduler.log, then run "
-                "`make demo` again: it restarts stopped services and keeps the days already done"
+            if restarts >= SCHEDULER_RESTARTS:
+                raise DemoError(
+                    f"the Airflow scheduler stopped sending heartbeats {restarts + 1} times; read "
+                    ".loopline/logs/airflow-scheduler.log, then run `make demo` again: it restarts "
+                    "stopped services and keeps the days already done"
+                )
+            restarts += 1
+            _say(
+                f"the Airflow scheduler has not sent a heartbeat for over {SCHEDULER_GRACE_SECONDS} s "
+                "(its log is .loopline/logs/airflow-scheduler.log); restarting the stopped services"
             )
+            restart_services()
+            unhealthy_since = None
         parts = []
         done_all = True
         failed = []
@@ -205,6 +218,14 @@ def wait_for_days(api: AirflowApi, dag_ids: list[str], first: dt.date, last: dt.
         if time.monotonic() > deadline:
             raise DemoError(f"{phase} did not finish within {timeout:.0f} s")
         time.sleep(POLL_SECONDS)
+
+
+def restart_services() -> None:
+    """Start every Loopline service that is not running, as ``make services`` does."""
+    script = settings.REPO_ROOT / "scripts" / "services.sh"
+    result = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise DemoError(f"{script} start failed with exit code {result.returncode}: {result.stderr.strip()[-500:]}")
 
 
 def wait_for_training(api: AirflowApi, timeout: float) -> None:

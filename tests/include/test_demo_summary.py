@@ -38,3 +38,54 @@ def test_print_summary_without_champion(capsys):
     output = capsys.readouterr().out
     assert "@champion: none (no training run has promoted a model yet)" in output
     assert "registry gate: no new version (the retrain runs skipped" in output
+
+
+class _SchedulerThatDies:
+    """The two Airflow API calls ``wait_for_days`` makes, with a scheduler that stops once."""
+
+    def __init__(self, healthy_after_restart: bool):
+        self.healthy = False
+        self.healthy_after_restart = healthy_after_restart
+        self.restarts = 0
+
+    def scheduler_healthy(self) -> bool:
+        return self.healthy
+
+    def restart(self) -> None:
+        self.restarts += 1
+        self.healthy = self.healthy_after_restart
+
+    def dag_runs(self, dag_id: str) -> list[dict]:
+        if not self.healthy:
+            return [{"logical_date": "2013-01-18T00:00:00+00:00", "state": "queued"}]
+        return [{"logical_date": "2013-01-18T00:00:00+00:00", "state": "success"}]
+
+
+def test_demo_restarts_dead_scheduler(monkeypatch):
+    """A scheduler without heartbeats is restarted, and the demo goes on."""
+    import datetime as dt
+
+    api = _SchedulerThatDies(healthy_after_restart=True)
+    monkeypatch.setattr(demo, "SCHEDULER_GRACE_SECONDS", 0)
+    monkeypatch.setattr(demo, "POLL_SECONDS", 0)
+    monkeypatch.setattr(demo, "restart_services", api.restart)
+
+    demo.wait_for_days(api, ["loopline_data_pipeline"], dt.date(2013, 1, 18), dt.date(2013, 1, 18), "live", timeout=60)
+
+    assert api.restarts == 1
+
+
+def test_demo_stops_after_restarts_fail(monkeypatch):
+    """A scheduler that stays dead after the restarts stops the demo with the log to read."""
+    import datetime as dt
+
+    import pytest
+
+    api = _SchedulerThatDies(healthy_after_restart=False)
+    monkeypatch.setattr(demo, "SCHEDULER_GRACE_SECONDS", 0)
+    monkeypatch.setattr(demo, "POLL_SECONDS", 0)
+    monkeypatch.setattr(demo, "restart_services", api.restart)
+
+    with pytest.raises(demo.DemoError, match=r"stopped sending heartbeats 3 times; read .loopline/logs/airflow-scheduler.log"):
+        demo.wait_for_days(api, ["loopline_data_pipeline"], dt.date(2013, 1, 18), dt.date(2013, 1, 18), "live", timeout=60)
+    assert api.restarts == demo.SCHEDULER_RESTARTS
