@@ -74,14 +74,35 @@ class Airflow:
         assert result.returncode == 0, f"services.sh {command} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
-    def cli(self, *args: str, timeout: float = 120) -> str:
+    def _run_cli(self, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
         # env.sh sets the same AIRFLOW_HOME, database and API URL as for the services.
         command = f'source "{REPO_ROOT}/scripts/env.sh" && exec airflow "$@"'
-        result = subprocess.run(
-            ["bash", "-c", command, "airflow", *args], env=self.env, capture_output=True, text=True, timeout=timeout
-        )
+        return subprocess.run(["bash", "-c", command, "airflow", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def cli(self, *args: str, timeout: float = 120) -> str:
+        result = self._run_cli(args, timeout)
         assert result.returncode == 0, f"airflow {' '.join(args)} failed:\n{result.stdout}\n{result.stderr[-3000:]}"
         return result.stdout
+
+    def create_backfill(self, *args: str, attempts: int = 6) -> str:
+        """Run ``airflow backfill create``, retrying while SQLite is locked.
+
+        On SQLite, Airflow 3.3 fails the command with "database is locked" while the
+        scheduler holds the lock. A retry that finds a backfill already running has found
+        the one an earlier attempt created.
+        """
+        args = ("backfill", "create", *args)
+        for attempt in range(1, attempts + 1):
+            result = self._run_cli(args, timeout=120)
+            if result.returncode == 0:
+                return result.stdout
+            if attempt > 1 and "already a running backfill" in result.stderr:
+                return result.stderr
+            if "database is locked" not in result.stderr or attempt == attempts:
+                raise AssertionError(f"airflow {' '.join(args)} failed:\n{result.stdout}\n{result.stderr[-3000:]}")
+            print(f"airflow backfill create: database is locked (attempt {attempt}); retrying in 5 s")
+            time.sleep(5)
+        raise AssertionError("unreachable")
 
 
 @pytest.fixture
@@ -136,8 +157,8 @@ def test_backfill_matches_sequential_run(airflow, tmp_path):
     _wait_for_dag(airflow)
     print(f"DAG parsed after {time.monotonic() - started:.0f} s")
     airflow.cli("dags", "unpause", DAG_ID)
-    output = airflow.cli(
-        "backfill", "create", "--dag-id", DAG_ID,
+    output = airflow.create_backfill(
+        "--dag-id", DAG_ID,
         "--from-date", DAYS[0].isoformat(), "--to-date", DAYS[-1].isoformat(),
         "--max-active-runs", "3",
     )  # fmt: skip
