@@ -81,10 +81,15 @@ class AirflowApi:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         if self._token is None:
             self._login()
-        response = self.client.request(method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
-        if response.status_code == 401:
-            self._login()
+        try:
             response = self.client.request(method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
+            if response.status_code == 401:
+                self._login()
+                response = self.client.request(method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
+        except httpx.TimeoutException:
+            # On SQLite the API server waits for the database lock while the scheduler
+            # holds it; callers that poll or retry treat this as busy.
+            raise DemoError(f"Airflow API {method} {path} timed out: Database is locked or busy") from None
         if response.status_code >= 400:
             raise DemoError(f"Airflow API {method} {path} failed with {response.status_code}: {response.text[:300]}")
         return response.json() if response.content else None
@@ -143,6 +148,7 @@ def backfill(api: AirflowApi, dag_id: str, first: dt.date, last: dt.date, max_ac
         "reprocess_behavior": "failed",
     }
     deadline = time.monotonic() + timeout
+    timed_out = False
     while True:
         try:
             api.request("POST", "/api/v2/backfills", json=body)
@@ -151,13 +157,27 @@ def backfill(api: AirflowApi, dag_id: str, first: dt.date, last: dt.date, max_ac
             # scheduler loops after its last run ends. On SQLite, Airflow 3.3 also returns
             # 503 while the scheduler has the database locked. Both pass, so retry.
             busy = "already a running backfill" in str(error) or "Database is locked" in str(error)
+            if "timed out" in str(error):
+                # The request may still have created the backfill.
+                timed_out = True
+                _say(f"{dag_id}: the Airflow API timed out while creating the backfill")
+            elif timed_out and "already a running backfill" in str(error) and _active_backfill(api, dag_id, body["from_date"]):
+                break
             if not busy or time.monotonic() > deadline:
                 raise
             _say(f"{dag_id}: an earlier backfill is still active or the database is busy; retrying")
             time.sleep(BACKFILL_RETRY_SECONDS)
             continue
-        _say(f"backfill created: {dag_id} {first} .. {last}")
-        return
+        break
+    _say(f"backfill created: {dag_id} {first} .. {last}")
+
+
+def _active_backfill(api: AirflowApi, dag_id: str, from_date: str) -> bool:
+    """Return whether an unfinished backfill of ``dag_id`` starts at ``from_date``."""
+    backfills = api.request("GET", "/api/v2/backfills", params={"dag_id": dag_id}).get("backfills", [])
+    return any(
+        item.get("completed_at") is None and str(item.get("from_date", ""))[:10] == from_date[:10] for item in backfills
+    )
 
 
 def _runs_in(api: AirflowApi, dag_id: str, first: dt.date, last: dt.date) -> list[dict[str, Any]]:
@@ -178,7 +198,15 @@ def wait_for_days(api: AirflowApi, dag_ids: list[str], first: dt.date, last: dt.
     while True:
         # A dead scheduler leaves runs queued forever: restart it, or stop with a message
         # instead of waiting out the timeout.
-        if api.scheduler_healthy():
+        try:
+            healthy = api.scheduler_healthy()
+        except DemoError as error:
+            if "timed out" not in str(error):
+                raise
+            _say(f"{phase}: the Airflow API is busy (timed out); polling again")
+            time.sleep(POLL_SECONDS)
+            continue
+        if healthy:
             unhealthy_since = None
         elif unhealthy_since is None:
             unhealthy_since = time.monotonic()
