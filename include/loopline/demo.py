@@ -148,7 +148,6 @@ def backfill(api: AirflowApi, dag_id: str, first: dt.date, last: dt.date, max_ac
         "reprocess_behavior": "failed",
     }
     deadline = time.monotonic() + timeout
-    timed_out = False
     while True:
         try:
             api.request("POST", "/api/v2/backfills", json=body)
@@ -158,11 +157,13 @@ def backfill(api: AirflowApi, dag_id: str, first: dt.date, last: dt.date, max_ac
             # 503 while the scheduler has the database locked. Both pass, so retry.
             busy = "already a running backfill" in str(error) or "Database is locked" in str(error)
             if "timed out" in str(error):
-                # The request may still have created the backfill.
-                timed_out = True
+                # The request may still have created the backfill; a retry then finds it.
                 _say(f"{dag_id}: the Airflow API timed out while creating the backfill")
-            elif timed_out and "already a running backfill" in str(error) and _active_backfill(api, dag_id, body["from_date"]):
-                break
+            elif "already a running backfill" in str(error) and _active_backfill(api, dag_id, body["from_date"]):
+                # Created by a timed-out request, or by an earlier demo that stopped: its
+                # runs are the ones this demo waits for.
+                _say(f"backfill already active: {dag_id} {first} .. {last}; following it")
+                return
             if not busy or time.monotonic() > deadline:
                 raise
             _say(f"{dag_id}: an earlier backfill is still active or the database is busy; retrying")
