@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -250,11 +251,60 @@ def wait_for_days(api: AirflowApi, dag_ids: list[str], first: dt.date, last: dt.
 
 
 def restart_services() -> None:
-    """Start every Loopline service that is not running, as ``make services`` does."""
+    """Stop a scheduler that sends no heartbeat, then start every service that is not running.
+
+    Airflow 3.3's scheduler can hang after such a crash: its process stays alive while it
+    waits for its LocalExecutor workers, so ``services.sh start`` alone would leave it.
+    """
+    stop_scheduler()
     script = settings.REPO_ROOT / "scripts" / "services.sh"
     result = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         raise DemoError(f"{script} start failed with exit code {result.returncode}: {result.stderr.strip()[-500:]}")
+
+
+def stop_scheduler() -> None:
+    """Stop the scheduler that ``services.sh`` started, if its pid file names a live process."""
+    pid_file = settings.home() / "run" / "airflow-scheduler.pid"
+    if pid_file.is_file():
+        # services.sh stores the pid and its start time (field 22 of /proc/PID/stat), so a
+        # reused pid is never signalled.
+        pid, start_time = pid_file.read_text(encoding="utf-8").split()[:2]
+        if _start_time(int(pid)) == start_time:
+            _end_session(int(pid))
+        pid_file.unlink(missing_ok=True)
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _end_session(pid: int, grace_seconds: float = 30) -> None:
+    """Send SIGTERM to ``pid``, then SIGKILL to every process left in its session."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break
+        if state == "Z":
+            break
+        time.sleep(1)
+    members = subprocess.run(["ps", "-s", str(pid), "-o", "pid="], capture_output=True, text=True).stdout.split()
+    for member in members:
+        try:
+            os.kill(int(member), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def wait_for_training(api: AirflowApi, timeout: float) -> None:

@@ -89,3 +89,30 @@ def test_demo_stops_after_restarts_fail(monkeypatch):
     with pytest.raises(demo.DemoError, match=r"stopped sending heartbeats 3 times; read .loopline/logs/airflow-scheduler.log"):
         demo.wait_for_days(api, ["loopline_data_pipeline"], dt.date(2013, 1, 18), dt.date(2013, 1, 18), "live", timeout=60)
     assert api.restarts == demo.SCHEDULER_RESTARTS
+
+
+def test_stop_scheduler_ends_its_session(tmp_path, monkeypatch):
+    """The pid file's process and its session end; a pid file with another start time is left."""
+    import subprocess
+    import time
+
+    monkeypatch.setenv("LOOPLINE_HOME", str(tmp_path))
+    (tmp_path / "run").mkdir()
+    # A leader with a child in its session, as the scheduler has its LocalExecutor workers.
+    process = subprocess.Popen(["setsid", "sh", "-c", "sleep 300 & exec sleep 301"])
+    time.sleep(0.5)
+    child = subprocess.run(["pgrep", "-s", str(process.pid), "-f", "sleep 300"], capture_output=True, text=True).stdout.split()
+    pid_file = tmp_path / "run" / "airflow-scheduler.pid"
+
+    pid_file.write_text(f"{process.pid} 1\n")
+    demo.stop_scheduler()
+    assert process.poll() is None
+    assert not pid_file.exists()
+
+    pid_file.write_text(f"{process.pid} {demo._start_time(process.pid)}\n")
+    demo.stop_scheduler()
+    assert process.wait(timeout=10) != 0
+    assert not pid_file.exists()
+    assert len(child) == 1
+    time.sleep(0.5)
+    assert subprocess.run(["ps", "-p", child[0], "-o", "stat="], capture_output=True, text=True).stdout.strip() in ("", "Z")
