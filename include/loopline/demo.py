@@ -50,8 +50,8 @@ BACKFILL_RETRY_SECONDS = 5
 # Airflow's health check marks the scheduler unhealthy 30 s after its last heartbeat
 # ([scheduler] scheduler_health_check_threshold); a busy loop can briefly miss one.
 SCHEDULER_GRACE_SECONDS = 60
-# On SQLite, Airflow 3.3's scheduler can exit when a backfill that hit a lock deletes runs
-# it was scheduling. The demo restarts the stopped services this many times, then stops.
+# On SQLite, Airflow 3.3's scheduler can crash, and then exit or hang, when a backfill that
+# hit a lock deletes runs it was scheduling. The demo restarts it this many times, then stops.
 SCHEDULER_RESTARTS = 2
 
 
