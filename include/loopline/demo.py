@@ -275,13 +275,19 @@ def stop_scheduler() -> None:
         pid_file.unlink(missing_ok=True)
 
 
-def _start_time(pid: int) -> str | None:
+def _stat_fields(pid: int) -> list[str] | None:
+    """Return the fields of /proc/PID/stat after the command name, or None for no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
     except OSError:
         return None
-    # Fields after the command name, which is in parentheses and may hold spaces.
-    return stat.rsplit(")", 1)[1].split()[19]
+    # The command name is in parentheses and may contain spaces.
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return fields[19] if fields else None
 
 
 def _end_session(pid: int, grace_seconds: float = 30) -> None:
@@ -292,19 +298,22 @@ def _end_session(pid: int, grace_seconds: float = 30) -> None:
         return
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
-        except OSError:
-            break
-        if state == "Z":
+        fields = _stat_fields(pid)
+        if fields is None or fields[0] == "Z":
             break
         time.sleep(1)
+    kill_session(pid)
+
+
+def kill_session(pid: int) -> list[int]:
+    """Send SIGKILL to every process in the session that ``pid`` leads; return their pids."""
     members = subprocess.run(["ps", "-s", str(pid), "-o", "pid="], capture_output=True, text=True).stdout.split()
     for member in members:
         try:
             os.kill(int(member), signal.SIGKILL)
         except ProcessLookupError:
             pass
+    return [int(member) for member in members]
 
 
 def wait_for_training(api: AirflowApi, timeout: float) -> None:

@@ -283,7 +283,7 @@ def stamp_policy(client, config: LooplineConfig, version: str) -> None:
     """Record the monitoring policy in force on ``version`` as it becomes champion.
 
     Monitoring a day applies the policy stamped on the version that scored it, so a rerun
-    of a past day decides under the policy of that day, whatever the config says now.
+    of a past day decides under the policy of that day, whatever the config contains now.
     """
     policy = policy_of(config)
     client.set_model_version_tag(config.model_name, version, POLICY_VERSION_TAG, policy["policy_version"])

@@ -57,7 +57,7 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 
 from loopline.config import read_config_mapping  # noqa: E402
-from loopline.demo import DATA_PIPELINE, AirflowApi, backfill, wait_for_days  # noqa: E402
+from loopline.demo import DATA_PIPELINE, AirflowApi, backfill, kill_session, wait_for_days  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -234,17 +234,6 @@ def _open_mlflow_runs(stack: Stack, run_id: str | None = None) -> list[tuple]:
     return stack.query("mlflow", sql, run_id)
 
 
-def _kill_session(pid: int) -> list[int]:
-    """SIGKILL every process in the session that ``pid`` leads, as if its machine died."""
-    members = subprocess.run(["ps", "-s", str(pid), "-o", "pid="], capture_output=True, text=True).stdout.split()
-    for member in members:
-        try:
-            os.kill(int(member), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return [int(member) for member in members]
-
-
 def test_loop_runs_on_postgres_celery_and_mlflow_server(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     command = "source scripts/env.sh && loopline demo --start 2013-01-01 --live-start 2013-01-07 --end 2013-01-08 --timeout 900"
     demo = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=stack.env, capture_output=True, text=True, timeout=1500)
@@ -307,7 +296,7 @@ def test_killed_worker_task_retried(stack: Stack, capsys: pytest.CaptureFixture[
     _wait_for(lambda: _task_instance(stack, run_id, "train")["state"] == "running", 300, "the train task to run", 0.5)
     # Let the task get into its work (data loaded, MLflow run open) before the worker dies.
     _wait_for(lambda: _open_mlflow_runs(stack, run_id), 120, "the train task's MLflow run", 0.5)
-    killed = _kill_session(stack.service_pid("airflow-celery-worker"))
+    killed = kill_session(stack.service_pid("airflow-celery-worker"))
     restarted = stack.services("start")
 
     state = _wait_for_run(stack, run_id, 900)

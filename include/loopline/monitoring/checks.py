@@ -74,7 +74,7 @@ def run_checks(config: LooplineConfig, day: dt.date) -> dict[str, Any]:
     ]
     labelled_rows = next(item.sample_size for item in values if item.metric == "log_loss")
 
-    if retrain_gain.wanted(config):
+    if retrain_gain.in_policy(config):
         metric_rows.append(_retrain_gain_row(config, engine, day, model_version, client, reference))
 
     day_feedback = feedback.process_day(config, engine, day, _evaluate_rules(config, metric_rows, version))

@@ -33,7 +33,7 @@ def window_quality(
     """Return the label share and quality metrics of the window before ``day``.
 
     With ``model_version``, quality counts only that version's predictions: days scored
-    by an earlier champion say nothing about this one, and the rollback action must not
+    by an earlier champion tell nothing about this one, and the rollback action must not
     blame a fresh champion for its predecessor's errors. The label share counts them all.
     """
     start = day - dt.timedelta(days=window_days)

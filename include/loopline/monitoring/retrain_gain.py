@@ -4,8 +4,8 @@ A shadow model is what a retrain ``GAIN_DAYS`` days ago would have produced: the
 champion's own model family and setting, fitted on the training window that ended then.
 The shadow and the champion are compared on the labelled flights of those last days,
 which neither was trained on. The metric is the relative log-loss gain of the shadow,
-``(champion - shadow) / champion``: above 0 the newer data helps, and a rule on it asks
-for a retrain only when the gain is worth a retrain.
+``(champion - shadow) / champion``: above 0 the newer data helps, and a rule on it requests
+a retrain only when the gain is worth a retrain.
 
 The shadow is never registered. It costs one fit, so the metric is computed only once
 every ``retrain_gain_every_days`` and never within the retrain cooldown.
@@ -43,7 +43,7 @@ class Gain:
     detail: str = ""
 
 
-def wanted(config: LooplineConfig) -> bool:
+def in_policy(config: LooplineConfig) -> bool:
     """Return True when a rule of the policy in force uses the retrain gain."""
     return any(rule.metric == METRIC for rule in config.monitoring.rules)
 
